@@ -1,0 +1,88 @@
+"""The ``datakit`` command line: a thin layer over :func:`datakit.build` and friends.
+
+Exit status of ``datakit build``: 0 when the run finished (bad input files do not fail a run: each is
+a row in ``errors`` and a status in ``videos``); 1 when the run could not finish (missing source folder
+or model, conflicting earlier run, interrupted); 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+BUILD_HELP = """\
+Turn a folder of raw footage into multi-view identity manifests (Parquet).
+
+Steps per video (in parallel on Ray): probe, shot split, face detection at --fps, head pose and
+view bin, tracks, identity embeddings of the best faces per track. Then, over all videos: identities
+linked across videos, reference views per identity and view bin, training samples. Output tables go
+to OUT/<table>/*.parquet (videos, clips, faces, tracks, identities, reference_views, samples, errors)
+with OUT/run.json. A killed run resumes where it stopped when you run the same command again.
+
+Face stacks (--backend auto picks the first that can run):
+  yunet        YuNet detector + FSA-Net head pose + dlib ResNet embedding; needs the model folder
+               (--models-dir or DATAKIT_MODELS_DIR) holding the ONNX files and SHA256SUMS
+  dlib         pip-only fallback: dlib HOG detector + 68-landmark pose + dlib embedding (no profiles)
+  insightface  a local insightface pack (--insightface-pack or DATAKIT_INSIGHTFACE_PACK)
+"""
+
+
+def _build_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="curate raw videos into manifests", description=BUILD_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", type=Path, required=True, help="folder of videos (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the manifests")
+    p.add_argument("--config", type=Path, help="JSON or TOML file of BuildConfig fields; flags override it")
+    p.add_argument("--fps", type=float, dest="sample_fps", help="frames per second sent to the face detector "
+                   "(default 3)")
+    p.add_argument("--workers", type=int, help="parallel video workers (default: one per CPU)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--models-dir", type=Path, help="folder with YuNet/FSA-Net ONNX files and SHA256SUMS "
+                   "(default: DATAKIT_MODELS_DIR)")
+    p.add_argument("--backend", choices=["auto", "yunet", "dlib", "insightface"], help="face stack (default auto)")
+    p.add_argument("--insightface-pack", type=Path, help="local insightface model pack folder (buffalo_l, ...)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="delete an earlier run in OUT and "
+                   "start over (default: resume it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from datakit.config import BuildConfig
+    from datakit.faces import ModelNotFoundError
+    from pipelines.build import RunConflictError, build
+
+    flags = {k: getattr(args, k) for k in ("sample_fps", "workers", "address", "models_dir", "backend",
+                                           "insightface_pack", "overwrite")}
+    try:
+        if args.config:
+            cfg = BuildConfig.from_file(args.config, src=args.src, out=args.out, **flags)
+        else:
+            cfg = BuildConfig(src=args.src, out=args.out, **{k: v for k, v in flags.items() if v is not None})
+        summary = build(cfg, progress=not args.quiet)
+    except (ModelNotFoundError, RunConflictError, FileNotFoundError, ValueError) as exc:
+        print(f"datakit build: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("datakit build: interrupted; run the same command again to resume", file=sys.stderr)
+        return 1
+    print(summary.format())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``datakit`` command."""
+    parser = argparse.ArgumentParser(prog="datakit", description="Multi-view identity video curation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _build_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "build":
+        return _run_build(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Configuration of a ``datakit build`` run: plain dataclasses, loadable from a JSON or TOML file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from datakit.views import ViewBins
+
+
+@dataclass(kw_only=True, slots=True)
+class BuildConfig:
+    """Everything a build needs; the CLI flags map onto these fields one to one."""
+
+    src: Path  #: folder of raw footage, searched recursively
+    out: Path  #: run directory: one sub-directory of Parquet files per manifest table
+    sample_fps: float = 3.0  #: frames per second given to the face detector (shots see every frame)
+    workers: int | None = None  #: per-video Ray actors; None = one per available CPU
+    address: str | None = None  #: Ray cluster address; None = RAY_ADDRESS, else a local Ray started here
+    models_dir: Path | None = None  #: YuNet/FSA-Net folder; None = $DATAKIT_MODELS_DIR
+    backend: str = "auto"  #: face stack: auto | yunet | dlib | insightface
+    insightface_pack: Path | None = None  #: local insightface pack (buffalo_l, ...); $DATAKIT_INSIGHTFACE_PACK
+    det_threshold: float | None = None  #: detector score threshold; None = the backend's default
+    min_face_px: float = 24.0  #: faces smaller than this (sqrt of box area) are ignored
+    shot_threshold: float = 27.0  #: PySceneDetect content-detector threshold
+    min_shot_s: float = 0.5  #: a cut closer than this to the previous one is ignored
+    max_clip_s: float = 10.0  #: longer shots are split into clips of at most this length
+    track_iou: float = 0.3  #: minimum box IoU to continue a track between sampled frames
+    track_max_gap_s: float = 1.0  #: a track ends after this long without a matching face
+    min_embed_px: float = 40.0  #: smaller faces are tracked but not embedded (embeddings turn unreliable)
+    embed_per_track: int = 4  #: faces embedded per track (the best by quality); embedding dominates cost
+    crops_per_track_view: int = 2  #: candidate reference crops kept per track and view bin
+    references_per_view: int = 4  #: reference faces kept per identity and view bin
+    same_person_cosine: float | None = None  #: identity threshold; None = the embedder's calibrated value
+    min_sample_s: float = 0.0  #: clips shorter than this make no training sample
+    view_bins: ViewBins = field(default_factory=ViewBins)
+    overwrite: bool = False  #: start over instead of resuming
+
+    def __post_init__(self) -> None:
+        self.src, self.out = Path(self.src), Path(self.out)
+        if self.models_dir is None and os.environ.get("DATAKIT_MODELS_DIR"):
+            self.models_dir = Path(os.environ["DATAKIT_MODELS_DIR"])
+        if self.insightface_pack is None and os.environ.get("DATAKIT_INSIGHTFACE_PACK"):
+            self.insightface_pack = Path(os.environ["DATAKIT_INSIGHTFACE_PACK"])
+        if self.sample_fps <= 0:
+            raise ValueError("sample_fps must be positive")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be >= 1")
+
+    def to_dict(self) -> dict:
+        """JSON-able form, as recorded in run.json."""
+        out = asdict(self)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: object) -> BuildConfig:
+        """Load a JSON or TOML file of field values; ``overrides`` (non-None) win."""
+        path = Path(path)
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        if isinstance(data.get("view_bins"), dict):
+            data["view_bins"] = ViewBins(**data["view_bins"])
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

@@ -1,0 +1,127 @@
+"""Probe and stream-decode videos with PyAV (FFmpeg), one frame in memory at a time.
+
+Decoding is sequential (never seek-based): seeking near the end of some files fails in common
+decoders while a sequential read gets every frame. A packet that fails to decode is counted and
+skipped; after ``max_bad_packets`` in a row the stream is declared broken and iteration stops, so a
+video with an undecodable tail yields its good head and a recorded decode error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class VideoError(Exception):
+    """A file that cannot be used as a video: the message says why, for the ``errors`` table."""
+
+    def __init__(self, stage: str, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.stage, self.error_type, self.message = stage, error_type, message
+
+
+@dataclass(slots=True)
+class ProbeInfo:
+    """Stream metadata of a video file."""
+
+    duration_s: float | None
+    fps: float
+    width: int
+    height: int
+    codec: str
+    num_frames_hint: int | None
+
+
+def probe(path: str | Path) -> ProbeInfo:
+    """Read container and stream metadata; raise :class:`VideoError` when the file is not a video."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError("probe", "NoVideoStream", "the file has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            else:
+                duration = None
+            ctx = stream.codec_context
+            if not ctx.width or not ctx.height or fps <= 0:
+                raise VideoError("probe", "NotAVideo", f"no usable picture stream (codec {ctx.name})")
+            return ProbeInfo(duration, fps, int(ctx.width), int(ctx.height), ctx.name, stream.frames or None)
+    except VideoError:
+        raise
+    except PermissionError as exc:
+        raise VideoError("probe", "PermissionError", str(exc)) from exc
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoError("probe", type(exc).__name__, str(exc) or repr(exc)) from exc
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """What happened while decoding one stream."""
+
+    num_frames: int = 0
+    num_bad_packets: int = 0
+    error: VideoError | None = None  # set when decoding stopped early
+    errors: list[str] = field(default_factory=list)
+
+
+def iter_frames(
+    path: str | Path, fps: float, stats: DecodeStats, *, max_bad_packets: int = 25
+) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield ``(frame_index, t_s, frame_bgr)`` for every decodable frame, in order.
+
+    ``frame_index`` counts decoded frames from 0 (the index a sequential reader such as OpenCV or
+    decord gives); ``t_s`` is the presentation time when the container has one, else index / fps.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        stats.error = VideoError("decode", type(exc).__name__, str(exc))
+        return
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads inside FFmpeg
+        time_base = stream.time_base or Fraction(1, 1)
+        start_pts = stream.start_time or 0
+        bad_in_row = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as exc:
+                    stats.num_bad_packets += 1
+                    bad_in_row += 1
+                    if len(stats.errors) < 5:
+                        stats.errors.append(f"{type(exc).__name__}: {exc}")
+                    if bad_in_row >= max_bad_packets:
+                        stats.error = VideoError(
+                            "decode", "UndecodableStream",
+                            f"gave up after {bad_in_row} undecodable packets in a row at frame "
+                            f"{stats.num_frames}: {stats.errors[-1]}",
+                        )
+                        return
+                    continue
+                for frame in frames:
+                    bad_in_row = 0
+                    index = stats.num_frames
+                    if frame.pts is not None:
+                        t_s = float((frame.pts - start_pts) * time_base)
+                    else:
+                        t_s = index / fps
+                    stats.num_frames += 1
+                    yield index, t_s, frame.to_ndarray(format="bgr24")
+        except av.error.FFmpegError as exc:  # a broken container (truncated file, bad atoms)
+            stats.error = VideoError("decode", type(exc).__name__, str(exc))
+    if stats.num_bad_packets and stats.error is None:
+        stats.error = VideoError(
+            "decode", "BadPackets", f"{stats.num_bad_packets} packets failed to decode: {stats.errors[0]}"
+        )

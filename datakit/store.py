@@ -1,0 +1,111 @@
+"""The run directory: atomic Parquet writes, per-video completion markers, table reads.
+
+Layout (``<out>/``)::
+
+    run.json                    config, face stack, versions, counts, timings
+    videos/ clips/ faces/ errors/   one Parquet file per video (<video_id>.parquet), written per video
+    tracks/ identities/ reference_views/ samples/   written by the global pass (part-NNNNN.parquet)
+    _stage/tracks/ _stage/crops/    per-video inputs of the global pass
+    _done/<video_id>.json           completion marker, written last, after every file of the video
+
+Every file is written to a temporary name and renamed into place, so a reader (or a resumed run)
+never sees half a file. A video counts as done only when its marker exists; a killed run re-does the
+unmarked videos, overwriting their files under the same names, so no row is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PER_VIDEO_TABLES = ("videos", "clips", "faces", "errors")
+STAGE_TABLES = ("tracks", "crops")
+GLOBAL_TABLES = ("tracks", "identities", "reference_views", "samples")
+ROWS_PER_PART = 100_000
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Write JSON through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Reads and writes one run's manifests."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def marker(self, video_id: str) -> Path:
+        return self.root / "_done" / f"{video_id}.json"
+
+    def done_ids(self) -> set[str]:
+        """Ids of videos whose every file is in place."""
+        folder = self.root / "_done"
+        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+    def write_video(self, video_id: str, tables: dict[str, pa.Table], summary: dict) -> None:
+        """Write one video's tables, then its completion marker (the commit point)."""
+        for name in PER_VIDEO_TABLES:
+            write_atomic(tables[name], self.root / name / f"{video_id}.parquet")
+        for name in STAGE_TABLES:
+            write_atomic(tables[name], self.root / "_stage" / name / f"{video_id}.parquet")
+        write_json_atomic(summary, self.marker(video_id))
+
+    def read(self, name: str, schema: pa.Schema | None = None, *, stage: bool = False) -> pa.Table:
+        """All files of a table concatenated (empty table with ``schema`` when there are none)."""
+        folder = self.root / ("_stage" if stage else "") / name
+        files = sorted(p for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            if schema is None:
+                raise FileNotFoundError(f"no {name} table in {self.root}")
+            return schema.empty_table()
+        tables = [pq.read_table(p) for p in files]
+        return pa.concat_tables(tables, promote_options="default") if schema is None else pa.concat_tables(
+            [t.cast(schema) for t in tables]
+        )
+
+    def replace_table(self, name: str, table: pa.Table) -> None:
+        """Swap in a whole table written by the global pass (old files go only after the new are in)."""
+        final = self.root / name
+        staging = self.root / f".{name}.{uuid.uuid4().hex[:8]}.new"
+        staging.mkdir(parents=True)
+        for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
+            pq.write_table(table.slice(start, ROWS_PER_PART), staging / f"part-{i:05d}.parquet",
+                           compression="zstd")
+        old = self.root / f".{name}.{uuid.uuid4().hex[:8]}.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def clean_temporaries(self) -> None:
+        """Remove leftovers of a killed run (temporary files and half-swapped table folders)."""
+        if not self.root.is_dir():
+            return
+        for p in self.root.rglob(".*.tmp"):
+            p.unlink(missing_ok=True)
+        for p in self.root.glob(".*.new"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.root.glob(".*.old"):
+            name = p.name[1:].split(".")[0]
+            if not (self.root / name).exists():
+                os.replace(p, self.root / name)  # killed between the two renames: keep the old table
+            else:
+                shutil.rmtree(p, ignore_errors=True)

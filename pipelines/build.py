@@ -1,0 +1,177 @@
+"""``datakit build``: the per-video Ray Data stage, then the global passes, then run.json.
+
+Per-video work streams through Ray Data: one actor per worker loads the face stack once and turns
+videos into per-video Parquet files plus a completion marker (datakit.store). The global passes
+(identities across videos, reference views, training samples) read those files and run in the driver:
+they need every video, and they are cheap next to decoding and face models. A killed run resumes from
+the markers; ``overwrite`` starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from datakit import schema
+from datakit.config import BuildConfig
+from datakit.discover import SourceFile, discover
+from datakit.faces import FaceStack, build_face_stack
+from datakit.store import RunDir, write_json_atomic
+from pipelines.global_pass import run_global
+from pipelines.run_info import BuildSummary, run_record
+
+log = logging.getLogger("datakit")
+
+
+class RunConflictError(RuntimeError):
+    """The output folder holds a run made with settings that change the manifests."""
+
+
+def _make_stack(cfg: BuildConfig) -> FaceStack:
+    return build_face_stack(cfg.backend, models_dir=cfg.models_dir, insightface_pack=cfg.insightface_pack,
+                            det_threshold=cfg.det_threshold)
+
+
+class VideoWorker:
+    """Ray Data actor: loads the face stack once, processes one video per call."""
+
+    def __init__(self, cfg: BuildConfig) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # one CPU per actor: parallelism comes from Ray, not from inside OpenCV
+        self.cfg = cfg
+        self.stack = _make_stack(cfg)
+        self.run = RunDir(cfg.out)
+
+    def __call__(self, batch: dict) -> dict:
+        from datakit.video_job import process_video
+
+        out: dict[str, list] = {"video_id": [], "status": [], "num_frames": [], "num_sampled": [],
+                                "num_faces": [], "seconds": []}
+        for i in range(len(batch["video_id"])):
+            src = SourceFile(Path(batch["path"][i]), str(batch["rel_path"][i]), str(batch["video_id"][i]),
+                             int(batch["size_bytes"][i]), str(batch["kind"][i]))
+            result = process_video(src, self.stack, self.cfg)
+            summary = {"video_id": src.video_id, "path": src.rel_path, "status": result.status,
+                       "num_frames": result.num_frames, "num_sampled": result.num_sampled,
+                       "num_faces": result.tables["faces"].num_rows, "seconds": result.seconds}
+            self.run.write_video(src.video_id, result.tables, summary)
+            for key in out:
+                out[key].append(summary[key] if key != "seconds" else json.dumps(summary["seconds"]))
+        return out
+
+
+def _init_ray(cfg: BuildConfig) -> None:
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # A remote cluster needs our code: ship the two packages (its nodes need the dependencies).
+        import datakit
+        import pipelines
+
+        runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(pipelines.__file__)]}
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.workers or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is one bar over videos
+    ctx.print_on_execution_start = False
+
+
+def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
+    record = run.root / "run.json"
+    if cfg.overwrite and run.root.exists():
+        for name in ("run.json", "_done", "_stage", "videos", "clips", "faces", "errors", "tracks",
+                     "identities", "reference_views", "samples"):
+            path = run.root / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return
+    if not record.exists():
+        return
+    old = json.loads(record.read_text())
+    old_stack = old.get("face_stack", {}).get("name")
+    if old_stack and old_stack != stack.name:
+        raise RunConflictError(f"{run.root} was built with face stack {old_stack!r}, this run uses "
+                               f"{stack.name!r}; pass --overwrite to start over or choose another --out")
+
+
+def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
+    """Run the whole curation: discover, per-video stage on Ray, global passes; returns the summary."""
+    started = time.time()
+    run = RunDir(cfg.out)
+    stack = _make_stack(cfg)
+    _check_resume(cfg, run, stack)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.clean_temporaries()
+    sources = discover(cfg.src)
+    unique, duplicates = _dedupe(sources)
+    done = run.done_ids()
+    todo = [s for s in unique if s.video_id not in done]
+    write_json_atomic(run_record(cfg, stack, started, state="running"), run.root / "run.json")
+    timings = _run_videos(cfg, todo, progress, total=len(unique), already=len(unique) - len(todo))
+    _record_duplicates(run, duplicates, unique)
+    t_global = time.perf_counter()
+    counts = run_global(run, cfg, stack, progress=progress)
+    timings["global"] = time.perf_counter() - t_global
+    summary = BuildSummary.from_run(run, stack, counts, wall_s=time.time() - started,
+                                    resumed=len(unique) - len(todo), stage_seconds=timings)
+    write_json_atomic(run_record(cfg, stack, started, state="finished", summary=summary), run.root / "run.json")
+    return summary
+
+
+def _dedupe(sources: list[SourceFile]) -> tuple[list[SourceFile], list[SourceFile]]:
+    seen: set[str] = set()
+    unique, dups = [], []
+    for s in sources:
+        (dups if s.video_id in seen else unique).append(s)
+        seen.add(s.video_id)
+    return unique, dups
+
+
+def _record_duplicates(run: RunDir, duplicates: list[SourceFile], unique: list[SourceFile]) -> None:
+    """Byte-identical copies get a videos row (status duplicate) pointing at the first copy's id."""
+    import pyarrow as pa
+
+    first = {s.video_id: s.rel_path for s in unique}
+    for dup in duplicates:
+        tag = f"dup_{dup.video_id}_{abs(hash(dup.rel_path)) % 10**8:08d}"
+        row = {"video_id": dup.video_id, "path": dup.rel_path, "status": "duplicate", "size_bytes": dup.size_bytes,
+               "error": f"same content as {first[dup.video_id]}", "pipeline_version": schema.PIPELINE_VERSION}
+        table = pa.Table.from_pylist([row], schema=schema.VIDEOS)
+        from datakit.store import write_atomic
+
+        write_atomic(table, run.root / "videos" / f"{tag}.parquet")
+
+
+def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, total: int, already: int) -> dict:
+    timings: dict[str, float] = {}
+    if not todo:
+        return timings
+    _init_ray(cfg)
+    items = [{"path": str(s.path), "rel_path": s.rel_path, "video_id": s.video_id, "size_bytes": s.size_bytes,
+              "kind": s.kind} for s in todo]
+    # Biggest first: the long videos start early instead of becoming the tail of the run.
+    items.sort(key=lambda r: -r["size_bytes"])
+    workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        VideoWorker, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, concurrency=min(workers, len(items)),
+        num_cpus=1,
+    )
+    bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)
+    for row in ds.iter_rows():
+        bar.update(1)
+        bar.set_postfix_str(f"{row['status']}: {row['video_id']}")
+        for k, v in json.loads(row["seconds"]).items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+    bar.close()
+    return timings
+

@@ -1,0 +1,109 @@
+"""What a run reports: the end-of-run summary and the run.json record."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.compute as pc
+
+from datakit import schema
+from datakit.config import BuildConfig
+from datakit.faces import FaceStack
+from datakit.store import RunDir
+
+_PACKAGES = ("numpy", "pyarrow", "av", "opencv-python", "onnxruntime", "dlib-bin", "scenedetect", "ray",
+             "insightface", "harmoview-toolkit")
+
+
+@dataclass(slots=True)
+class BuildSummary:
+    """Counts and timings of a finished build (printed at the end, stored in run.json)."""
+
+    out: str
+    face_stack: str
+    stack_notes: list[str]
+    videos: dict[str, int]  # status -> count
+    num_clips: int
+    num_faces: int
+    num_tracks: int
+    num_identities: int
+    num_multi_video_identities: int
+    num_reference_views: int
+    num_samples: int
+    num_errors: int
+    resumed_videos: int
+    wall_s: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: RunDir, stack: FaceStack, global_seconds: dict, *, wall_s: float, resumed: int,
+                 stage_seconds: dict) -> BuildSummary:
+        dim = stack.embedder.dim
+        videos = run.read("videos", schema.VIDEOS)
+        identities = run.read("identities", schema.identities_schema(dim))
+        multi = int(pc.sum(pc.greater(identities["num_videos"], 1)).as_py() or 0) if identities.num_rows else 0
+        return cls(
+            out=str(run.root), face_stack=stack.name, stack_notes=list(stack.notes),
+            videos=dict(Counter(videos["status"].to_pylist())),
+            num_clips=run.read("clips", schema.CLIPS).num_rows,
+            num_faces=run.read("faces", schema.faces_schema(dim)).num_rows,
+            num_tracks=run.read("tracks", schema.tracks_schema(dim)).num_rows,
+            num_identities=identities.num_rows, num_multi_video_identities=multi,
+            num_reference_views=run.read("reference_views", schema.REFERENCE_VIEWS).num_rows,
+            num_samples=run.read("samples", schema.SAMPLES).num_rows,
+            num_errors=run.read("errors", schema.ERRORS).num_rows,
+            resumed_videos=resumed, wall_s=wall_s,
+            stage_seconds={**{k: round(v, 3) for k, v in stage_seconds.items()},
+                           **{f"global.{k}": round(v, 3) for k, v in global_seconds.items()}},
+        )
+
+    def format(self) -> str:
+        """Human-readable summary for the end of ``datakit build``."""
+        status = ", ".join(f"{n} {s}" for s, n in sorted(self.videos.items()))
+        lines = [
+            f"datakit build finished in {self.wall_s:.1f} s -> {self.out}",
+            f"  face stack : {self.face_stack}",
+            *[f"               note: {n}" for n in self.stack_notes],
+            f"  videos     : {sum(self.videos.values())} ({status})"
+            + (f"; {self.resumed_videos} already done" if self.resumed_videos else ""),
+            f"  clips {self.num_clips}, faces {self.num_faces}, tracks {self.num_tracks}",
+            f"  identities {self.num_identities} ({self.num_multi_video_identities} in several videos), "
+            f"reference views {self.num_reference_views}, samples {self.num_samples}",
+            f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run_record(cfg: BuildConfig, stack: FaceStack, started: float, *, state: str,
+               summary: BuildSummary | None = None) -> dict:
+    """The run.json content."""
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "pipeline_version": schema.PIPELINE_VERSION,
+        "state": state,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "config": cfg.to_dict(),
+        "face_stack": stack.describe(),
+        "versions": _versions(),
+        "summary": summary.to_dict() if summary else None,
+    }
