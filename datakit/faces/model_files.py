@@ -1,0 +1,114 @@
+"""Where the face models live and whether they are intact.
+
+Two sources: the default stack's ONNX files in a user-given models directory (``--models-dir`` /
+``DATAKIT_MODELS_DIR``), checked against the ``SHA256SUMS`` file there (or, when a file is not listed, the
+hash pinned below), and dlib's ``.dat`` files that ship inside the ``face-recognition-models`` wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from datakit.faces.base import ModelNotFoundError
+
+MODELS_DIR_ENV = "DATAKIT_MODELS_DIR"
+INSIGHTFACE_PACK_ENV = "DATAKIT_INSIGHTFACE_PACK"
+MODELS_DIR_HINT = f"pass --models-dir or set {MODELS_DIR_ENV} to the folder holding the model files"
+
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+FSANET_FILES = ("fsanet-1x1-iter-688590.onnx", "fsanet-var-iter-688590.onnx")
+DEFAULT_STACK_FILES = (YUNET_FILE, *FSANET_FILES)
+
+#: Published hashes of the default stack's files, used when the folder has no SHA256SUMS entry for one.
+PINNED_SHA256 = {
+    YUNET_FILE: "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    FSANET_FILES[0]: "d85e90cb4b9d3a87e81bbfdcfcd130cbe0e175407042e439a570aa396c44eda6",
+    FSANET_FILES[1]: "2877b1db98e3dc66468e90df8db4a21059facd1c3f107af91c6d4fe6476a03e1",
+}
+
+
+class ModelChecksumError(ModelNotFoundError):
+    """A model file is present but its SHA-256 differs from the expected one (corrupt or wrong file)."""
+
+
+# (resolved path, size, mtime_ns) -> sha256 hex, so each file is hashed once per process.
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def resolve_models_dir(models_dir: str | Path | None) -> Path | None:
+    """The models directory: the argument, else ``$DATAKIT_MODELS_DIR``, else None."""
+    chosen = models_dir if models_dir is not None else os.environ.get(MODELS_DIR_ENV) or None
+    return Path(chosen).expanduser() if chosen is not None else None
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, memoised on (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def read_sha256sums(models_dir: Path) -> dict[str, str]:
+    """``SHA256SUMS`` of a folder as {relative path: hex digest}; empty when there is none."""
+    sums_path = models_dir / "SHA256SUMS"
+    if not sums_path.is_file():
+        return {}
+    sums: dict[str, str] = {}
+    for line in sums_path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
+def verified_model_files(models_dir: Path | None, names: tuple[str, ...]) -> dict[str, Path]:
+    """Paths of ``names`` inside ``models_dir``, each checked against its expected SHA-256.
+
+    Raises :class:`ModelNotFoundError` when the folder or a file is missing and
+    :class:`ModelChecksumError` when a file's hash differs from ``SHA256SUMS`` (or the pinned hash).
+    """
+    if models_dir is None:
+        raise ModelNotFoundError(f"no models directory given for {', '.join(names)}: {MODELS_DIR_HINT}")
+    if not models_dir.is_dir():
+        raise ModelNotFoundError(f"models directory {models_dir} does not exist: {MODELS_DIR_HINT}")
+    sums = read_sha256sums(models_dir)
+    paths: dict[str, Path] = {}
+    for name in names:
+        path = models_dir / name
+        if not path.is_file():
+            raise ModelNotFoundError(f"{name} not found in {models_dir}: {MODELS_DIR_HINT}")
+        expected = sums.get(name) or PINNED_SHA256.get(name)
+        if expected is None:
+            raise ModelChecksumError(f"no SHA256SUMS entry for {name} in {models_dir}; cannot verify it")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ModelChecksumError(
+                f"{path} is corrupt or a different file: sha256 {actual[:12]}... != {expected[:12]}..."
+                f" ({MODELS_DIR_HINT}, with intact files)"
+            )
+        paths[name] = path
+    return paths
+
+
+def dlib_model_path(filename: str) -> Path:
+    """A ``.dat`` file of the ``face-recognition-models`` package.
+
+    Located without importing the package: its ``__init__`` imports ``pkg_resources``, which recent
+    setuptools no longer ships.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("dlib models missing: pip install face-recognition-models")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} missing: reinstall face-recognition-models")
+    return path
