@@ -1,0 +1,161 @@
+"""Attention layers and the DiT block (Wan2.x layout; module names follow Wan's native checkpoints)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harmoview.config import DiTConfig
+from harmoview.rope import rope_apply
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input dtype (bf16 statistics drift over 30+ blocks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention on (B, L, H, d) tensors; `mask` is a bool (.., Lq, Lk), True = may attend.
+
+    Returns (B, Lq, H*d).
+    """
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2).flatten(2)  # (B, Lq, H*d)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with qk RMSNorm (across heads, as Wan) and 3D rotary positions."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, L, D), rope = (cos, sin) each (L, d/2), mask bool (1 or B, 1, L, L). Returns (B, L, D)."""
+        q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
+        k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
+        v = self.v(x).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
+        q, k = rope_apply(q, *rope), rope_apply(k, *rope)
+        return self.o(attention(q, k, v, mask))  # (B, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention to text, plus (with MFI) a decoupled image cross-attention sharing the query.
+
+    The image branch mirrors Wan's I2V layout (k_img, v_img, norm_k_img) and adds `gate_img`, a
+    per-channel gate initialised at zero so that a fresh HarmoView computes exactly its backbone.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float, with_image: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.with_image = with_image
+        if with_image:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = nn.RMSNorm(dim, eps=eps)
+            self.gate_img = nn.Parameter(torch.zeros(dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        image_context: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, D), context (B, Lt, D), image_context (B, Li, D), image_mask bool (B, 1, L or 1, Li)."""
+        heads = (self.num_heads, -1)
+        q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, d)
+        k = self.norm_k(self.k(context)).unflatten(-1, heads)  # (B, Lt, H, d)
+        v = self.v(context).unflatten(-1, heads)  # (B, Lt, H, d)
+        out = attention(q, k, v, None)  # (B, L, D); Wan pads text with zeros and uses no text mask
+        if self.with_image and image_context is not None:
+            k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)  # (B, Li, H, d)
+            v_img = self.v_img(image_context).unflatten(-1, heads)  # (B, Li, H, d)
+            out = out + self.gate_img * attention(q, k_img, v_img, image_mask)  # (B, L, D)
+        return self.o(out)  # (B, L, D)
+
+
+class DiTBlock(nn.Module):
+    """One Wan block: adaLN-modulated self-attention, text (+ image) cross-attention, GELU(tanh) FFN.
+
+    Native Wan names the cross-attention norm `norm3` and the FFN norm `norm2`; we keep those names so
+    native checkpoints load without renaming.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, config.num_heads, eps)
+        self.norm3 = (
+            FP32LayerNorm(dim, eps, elementwise_affine=True) if config.cross_attn_norm else nn.Identity()
+        )
+        self.cross_attn = CrossAttention(dim, config.num_heads, eps, with_image=config.use_mfi)
+        self.norm2 = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, dim)
+        )
+        # Six per-block offsets added to the shared time projection: shift/scale/gate for attn and FFN.
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_mod: torch.Tensor,
+        context: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        self_mask: torch.Tensor | None = None,
+        image_context: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, D); time_mod (B, 1 or L, 6, D) float32; context (B, Lt, D). Returns (B, L, D)."""
+        mod = self.modulation.float() + time_mod  # (B, 1 or L, 6, D), float32 for stable modulation
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(2)  # (B, 1 or L, D) each
+
+        h = (self.norm1(x).float() * (1 + scale_sa) + shift_sa).type_as(x)  # (B, L, D)
+        x = (x.float() + self.self_attn(h, rope, self_mask).float() * gate_sa).type_as(x)
+
+        x = x + self.cross_attn(self.norm3(x), context, image_context, image_mask)  # no gate (Wan)
+
+        h = (self.norm2(x).float() * (1 + scale_ff) + shift_ff).type_as(x)  # (B, L, D)
+        x = (x.float() + self.ffn(h).float() * gate_ff).type_as(x)
+        return x  # (B, L, D)
+
+
+class Head(nn.Module):
+    """Final adaLN (2 vectors from the time embedding) and linear projection to patch pixels."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        out_dim = config.out_channels * config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
+        self.norm = FP32LayerNorm(dim, config.eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), time_emb (B, 1 or L, D) float32. Returns (B, L, out_channels * prod(patch))."""
+        shift, scale = (self.modulation.float()[None] + time_emb[:, :, None]).unbind(2)  # (B, 1 or L, D)
+        return self.head((self.norm(x).float() * (1 + scale) + shift).type_as(x))
