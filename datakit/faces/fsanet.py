@@ -22,7 +22,9 @@ class FSANetPose:
 
     FSA-Net's native yaw sign was measured on the labelled case (Alex Lacamoire in profile facing
     frame-left in ``hamilton_white_house.mp4``): about +75 to +85 deg, i.e. already our convention
-    (yaw > 0 points to the image left), so yaw passes through unchanged.
+    (yaw > 0 points to the image left), so yaw passes through unchanged. Roll too: obama.jpg rotated 20 deg
+    clockwise reads +19.8 (upright +0.4). Pitch is passed through as FSA-Net gives it; its sign was not
+    checked on labelled footage (no labelled up/down case in the shared media).
     """
 
     name = "fsanet-1x1+var"

@@ -54,3 +54,25 @@ def test_fallback_embeddings(fallback_stack, still):
     obama, obama2, biden = embed("obama.jpg"), embed("obama2.jpg"), embed("biden.jpg")
     threshold = fallback_stack.embedder.same_person_cosine
     assert float(obama @ obama2) > threshold > float(obama @ biden)
+
+
+def test_pnp_recovers_known_rotations():
+    """Project the generic head under known rotations; PnP returns the angles in base.py's convention."""
+    import cv2
+
+    from datakit.faces.dlib_fallback import _MODEL_POINTS_MM, pose_from_68
+
+    def project(rvec):
+        points = np.zeros((68, 3))
+        for index, xyz in _MODEL_POINTS_MM.items():
+            points[index] = xyz
+        camera = np.array([[640.0, 0, 320], [0, 640, 180], [0, 0, 1]])
+        image, _ = cv2.projectPoints(points, np.array(rvec, float), np.array([0.0, 0, 700]), camera, None)
+        return image.reshape(68, 2)
+
+    yaw, pitch, roll = pose_from_68(project([0, np.radians(30), 0]), (360, 640))  # about the down axis
+    assert abs(yaw - 30) < 2 and abs(pitch) < 2 and abs(roll) < 2  # turned to the image left
+    yaw, pitch, roll = pose_from_68(project([np.radians(-15), 0, 0]), (360, 640))
+    assert abs(pitch - 15) < 2 and abs(yaw) < 2  # chin forward: looks up
+    yaw, pitch, roll = pose_from_68(project([0, 0, np.radians(20)]), (360, 640))
+    assert abs(roll - 20) < 2 and abs(yaw) < 2  # clockwise in the image (y down)
