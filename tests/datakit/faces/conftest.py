@@ -67,17 +67,10 @@ def default_stack(models_dir):
 
 
 @pytest.fixture(scope="session")
-def fallback_stack(monkeypatch_session_env):
+def fallback_stack():
     """The pip-only stack as ``auto`` picks it when no models directory is configured."""
     from datakit.faces import build_face_stack
 
-    return build_face_stack("auto", models_dir=None)
-
-
-@pytest.fixture(scope="session")
-def monkeypatch_session_env():
-    """Run without ``DATAKIT_MODELS_DIR`` / ``DATAKIT_INSIGHTFACE_PACK`` from the caller's environment."""
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch:  # only while building: other tests keep the environment
         patch.delenv("DATAKIT_MODELS_DIR", raising=False)
-        patch.delenv("DATAKIT_INSIGHTFACE_PACK", raising=False)
-        yield patch
+        return build_face_stack("auto", models_dir=None)
