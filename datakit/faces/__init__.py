@@ -69,7 +69,8 @@ def _yunet_stack(paths: dict[str, Path], det_threshold: float | None) -> FaceSta
     from datakit.faces.fsanet import FSANetPose
     from datakit.faces.yunet import YUNET_SCORE_THRESHOLD, YuNetDetector
 
-    detector = YuNetDetector(paths[YUNET_FILE], score_threshold=det_threshold or YUNET_SCORE_THRESHOLD)
+    threshold = YUNET_SCORE_THRESHOLD if det_threshold is None else det_threshold
+    detector = YuNetDetector(paths[YUNET_FILE], score_threshold=threshold)
     pose = FSANetPose(tuple(paths[name] for name in FSANET_FILES))
     return FaceStack(name="yunet+fsanet+dlib", detector=detector, pose=pose, embedder=DlibEmbedder())
 
