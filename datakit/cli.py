@@ -30,21 +30,33 @@ Face stacks (--backend auto picks the first that can run):
 
 
 def _build_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build", help="curate raw videos into manifests", description=BUILD_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "build",
+        help="curate raw videos into manifests",
+        description=BUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--src", type=Path, required=True, help="folder of videos (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="run folder for the manifests")
     p.add_argument("--config", type=Path, help="JSON or TOML file of BuildConfig fields; flags override it")
-    p.add_argument("--fps", type=float, dest="sample_fps", help="frames per second sent to the face detector "
-                   "(default 3)")
+    p.add_argument(
+        "--fps", type=float, dest="sample_fps", help="frames per second sent to the face detector (default 3)"
+    )
     p.add_argument("--workers", type=int, help="parallel video workers (default: one per CPU)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--models-dir", type=Path, help="folder with YuNet/FSA-Net ONNX files and SHA256SUMS "
-                   "(default: DATAKIT_MODELS_DIR)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        help="folder with YuNet/FSA-Net ONNX files and SHA256SUMS (default: DATAKIT_MODELS_DIR)",
+    )
     p.add_argument("--backend", choices=["auto", "yunet", "dlib", "insightface"], help="face stack (default auto)")
     p.add_argument("--insightface-pack", type=Path, help="local insightface model pack folder (buffalo_l, ...)")
-    p.add_argument("--overwrite", action="store_true", default=None, help="delete an earlier run in OUT and "
-                   "start over (default: resume it)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="delete an earlier run in OUT and start over (default: resume it)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -53,8 +65,10 @@ def _run_build(args: argparse.Namespace) -> int:
     from datakit.faces import ModelNotFoundError
     from pipelines.build import RunConflictError, build
 
-    flags = {k: getattr(args, k) for k in ("sample_fps", "workers", "address", "models_dir", "backend",
-                                           "insightface_pack", "overwrite")}
+    flags = {
+        k: getattr(args, k)
+        for k in ("sample_fps", "workers", "address", "models_dir", "backend", "insightface_pack", "overwrite")
+    }
     try:
         if args.config:
             cfg = BuildConfig.from_file(args.config, src=args.src, out=args.out, **flags)

@@ -43,6 +43,9 @@ def probe(path: str | Path) -> ProbeInfo:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoError("probe", "NoVideoStream", "the file has no video stream")
+            fmt = container.format.name
+            if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg opens stills as one-frame "videos"
+                raise VideoError("probe", "NotAVideo", f"the file is a still image (format {fmt}), not a video")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
@@ -104,7 +107,8 @@ def iter_frames(
                         stats.errors.append(f"{type(exc).__name__}: {exc}")
                     if bad_in_row >= max_bad_packets:
                         stats.error = VideoError(
-                            "decode", "UndecodableStream",
+                            "decode",
+                            "UndecodableStream",
                             f"gave up after {bad_in_row} undecodable packets in a row at frame "
                             f"{stats.num_frames}: {stats.errors[-1]}",
                         )
@@ -113,10 +117,7 @@ def iter_frames(
                 for frame in frames:
                     bad_in_row = 0
                     index = stats.num_frames
-                    if frame.pts is not None:
-                        t_s = float((frame.pts - start_pts) * time_base)
-                    else:
-                        t_s = index / fps
+                    t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else index / fps
                     stats.num_frames += 1
                     yield index, t_s, frame.to_ndarray(format="bgr24")
         except av.error.FFmpegError as exc:  # a broken container (truncated file, bad atoms)

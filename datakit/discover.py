@@ -13,8 +13,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VIDEO_SUFFIXES = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .wmv .asf .flv .ts .mts .m2ts .mpg .mpeg .3gp .3g2 .ogv .h264 .264 "
-    ".h265 .265 .hevc .y4m .mxf .vob".split()
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".wmv",
+        ".asf",
+        ".flv",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".mpg",
+        ".mpeg",
+        ".3gp",
+        ".3g2",
+        ".ogv",
+        ".h264",
+        ".264",
+        ".h265",
+        ".265",
+        ".hevc",
+        ".y4m",
+        ".mxf",
+        ".vob",
+    ]
 )
 _HASH_CHUNK = 8 << 20  # bytes hashed at the head and at the tail of a file
 

@@ -6,6 +6,7 @@ but cost). The shots are then cut into clips no longer than ``max_clip_s``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -65,7 +66,7 @@ class ShotDetector:
         bounds = [0, *sorted(c for c in set(self._cuts) if 0 < c < end), end]
         return [
             Segment(a, b, self._times.get(a, a / self.fps), self._times.get(b, end_t) if b < end else end_t)
-            for a, b in zip(bounds, bounds[1:], strict=False)
+            for a, b in itertools.pairwise(bounds)
         ]
 
 
@@ -76,7 +77,7 @@ def split_long(segments: list[Segment], fps: float, max_clip_s: float) -> list[S
         duration = seg.end_s - seg.start_s
         pieces = max(1, int(np.ceil(duration / max_clip_s - 1e-9))) if max_clip_s > 0 else 1
         edges = np.linspace(seg.start_frame, seg.end_frame, pieces + 1).round().astype(int)
-        for a, b in zip(edges, edges[1:], strict=False):
+        for a, b in itertools.pairwise(edges):
             frac_a = (a - seg.start_frame) / max(seg.num_frames, 1)
             frac_b = (b - seg.start_frame) / max(seg.num_frames, 1)
             out.append(Segment(int(a), int(b), seg.start_s + frac_a * duration, seg.start_s + frac_b * duration))

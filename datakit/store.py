@@ -77,8 +77,10 @@ class RunDir:
                 raise FileNotFoundError(f"no {name} table in {self.root}")
             return schema.empty_table()
         tables = [pq.read_table(p) for p in files]
-        return pa.concat_tables(tables, promote_options="default") if schema is None else pa.concat_tables(
-            [t.cast(schema) for t in tables]
+        return (
+            pa.concat_tables(tables, promote_options="default")
+            if schema is None
+            else pa.concat_tables([t.cast(schema) for t in tables])
         )
 
     def replace_table(self, name: str, table: pa.Table) -> None:
@@ -87,8 +89,7 @@ class RunDir:
         staging = self.root / f".{name}.{uuid.uuid4().hex[:8]}.new"
         staging.mkdir(parents=True)
         for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
-            pq.write_table(table.slice(start, ROWS_PER_PART), staging / f"part-{i:05d}.parquet",
-                           compression="zstd")
+            pq.write_table(table.slice(start, ROWS_PER_PART), staging / f"part-{i:05d}.parquet", compression="zstd")
         old = self.root / f".{name}.{uuid.uuid4().hex[:8]}.old"
         if final.exists():
             os.replace(final, old)

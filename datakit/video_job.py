@@ -91,10 +91,10 @@ def process_video(src: SourceFile, stack: FaceStack, cfg: BuildConfig) -> VideoO
             exc = err
     if exc is not None:
         errors.append(_error_row(exc, src))
-        return VideoOutput(_tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors),
-                           "failed", {})
-    videos_row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
-                      codec=info.codec)
+        return VideoOutput(
+            _tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors), "failed", {}
+        )
+    videos_row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, codec=info.codec)
     return _scan(src, stack, cfg, info, videos_row, errors)
 
 
@@ -130,15 +130,19 @@ def _scan(src, stack: FaceStack, cfg: BuildConfig, info, videos_row: dict, error
         errors.append(_error_row(stats.error, src))
     if stats.num_frames == 0:
         msg = stats.error.message if stats.error else "no frame could be decoded"
-        return VideoOutput(_tables(stack.embedder.dim, {**videos_row, "status": "failed", "error": msg,
-                                                        "num_frames": 0}, errors=errors), "failed", dict(timer))
+        return VideoOutput(
+            _tables(
+                stack.embedder.dim, {**videos_row, "status": "failed", "error": msg, "num_frames": 0}, errors=errors
+            ),
+            "failed",
+            dict(timer),
+        )
     t_emb = time.perf_counter()
     _embed(rows, keep, stack)
     timer["embed"] += time.perf_counter() - t_emb
     segments = split_long(shots.segments(), info.fps, cfg.max_clip_s)
     status = "no_faces" if not rows else ("partial" if stats.error else "ok")
-    videos_row.update(status=status, num_frames=stats.num_frames,
-                      error=stats.error.message if stats.error else None)
+    videos_row.update(status=status, num_frames=stats.num_frames, error=stats.error.message if stats.error else None)
     if not videos_row.get("duration_s"):
         videos_row["duration_s"] = segments[-1].end_s if segments else None
     tables = _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors)
@@ -163,12 +167,29 @@ def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, track
         quality = face_quality(face, sharp, frame.shape)
         view = cfg.view_bins(face.yaw_deg)
         no = len(rows)
-        rows.append(_FaceRow(index, t_s, slot, key, tuple(face.bbox), face.landmarks, face.det_score,
-                             face.face_px, sharp, quality, face.yaw_deg, face.pitch_deg, face.roll_deg, view))
+        rows.append(
+            _FaceRow(
+                index,
+                t_s,
+                slot,
+                key,
+                tuple(face.bbox),
+                face.landmarks,
+                face.det_score,
+                face.face_px,
+                sharp,
+                quality,
+                face.yaw_deg,
+                face.pitch_deg,
+                face.roll_deg,
+                view,
+            )
+        )
         kept = keep[key]
-        if face.face_px >= cfg.min_embed_px and (
-            len(kept.chips) < cfg.embed_per_track or quality > kept.chips[0][0]
-        ):
+        embeddable = face.face_px >= cfg.min_embed_px and (
+            face.yaw_deg is None or abs(face.yaw_deg) <= cfg.max_embed_yaw_deg
+        )
+        if embeddable and (len(kept.chips) < cfg.embed_per_track or quality > kept.chips[0][0]):
             t_chip = time.perf_counter()
             _keep_top(kept.chips, cfg.embed_per_track, (quality, no, stack.embedder.chip(frame, face)))
             timer["chip"] += time.perf_counter() - t_chip
@@ -190,8 +211,13 @@ def _embed(rows: list[_FaceRow], keep: dict[int, _TrackKeep], stack: FaceStack) 
 
 
 def _error_row(exc: VideoError, src: SourceFile) -> dict:
-    return {"stage": exc.stage, "item": src.rel_path, "video_id": src.video_id,
-            "error_type": exc.error_type, "message": exc.message}
+    return {
+        "stage": exc.stage,
+        "item": src.rel_path,
+        "video_id": src.video_id,
+        "error_type": exc.error_type,
+        "message": exc.message,
+    }
 
 
 def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict[str, pa.Table]:
@@ -212,36 +238,69 @@ def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict
         per_clip[c] += 1
     face_ids = [f"{vid}_f{r.frame_index:06d}_{r.slot}" for r in rows]
     faces = [
-        {"face_id": face_ids[no], "clip_id": clip_ids[c], "track_id": track_id_of[(c, r.track_key)],
-         "video_id": vid, "frame_index": r.frame_index, "t_s": r.t_s, "bbox": list(r.bbox),
-         "landmarks": None if r.landmarks is None else np.asarray(r.landmarks, np.float32).reshape(-1).tolist(),
-         "det_score": r.det_score, "face_px": r.face_px, "sharpness": r.sharpness, "quality": r.quality,
-         "yaw_deg": r.yaw, "pitch_deg": r.pitch, "roll_deg": r.roll, "view": r.view, "embedding": r.embedding}
+        {
+            "face_id": face_ids[no],
+            "clip_id": clip_ids[c],
+            "track_id": track_id_of[(c, r.track_key)],
+            "video_id": vid,
+            "frame_index": r.frame_index,
+            "t_s": r.t_s,
+            "bbox": list(r.bbox),
+            "landmarks": None if r.landmarks is None else np.asarray(r.landmarks, np.float32).reshape(-1).tolist(),
+            "det_score": r.det_score,
+            "face_px": r.face_px,
+            "sharpness": r.sharpness,
+            "quality": r.quality,
+            "yaw_deg": r.yaw,
+            "pitch_deg": r.pitch,
+            "roll_deg": r.roll,
+            "view": r.view,
+            "embedding": r.embedding,
+        }
         for no, (r, c) in enumerate(zip(rows, clip_of, strict=True))
     ]
     tracks = []
     for (c, key), members in pieces.items():
         views = {rows[m].view for m in members if rows[m].view}
-        tracks.append({
-            "track_id": track_id_of[(c, key)], "clip_id": clip_ids[c], "video_id": vid, "identity_id": None,
-            "start_s": rows[members[0]].t_s, "end_s": rows[members[-1]].t_s, "num_faces": len(members),
-            "num_embedded": sum(rows[m].embedding is not None for m in members),
-            "views": [v for v in schema.VIEWS if v in views],
-            "mean_quality": float(np.mean([rows[m].quality for m in members])), "embedding": parent.get(key),
-        })
+        tracks.append(
+            {
+                "track_id": track_id_of[(c, key)],
+                "clip_id": clip_ids[c],
+                "video_id": vid,
+                "identity_id": None,
+                "start_s": rows[members[0]].t_s,
+                "end_s": rows[members[-1]].t_s,
+                "num_faces": len(members),
+                "num_embedded": sum(rows[m].embedding is not None for m in members),
+                "views": [v for v in schema.VIEWS if v in views],
+                "mean_quality": float(np.mean([rows[m].quality for m in members])),
+                "embedding": parent.get(key),
+            }
+        )
     tracks.sort(key=lambda t: t["track_id"])
     clips = []
     for c, seg in enumerate(segments):
-        clips.append({"clip_id": clip_ids[c], "video_id": vid, "start_s": seg.start_s, "end_s": seg.end_s,
-                      "start_frame": seg.start_frame, "end_frame": seg.end_frame, "num_frames": seg.num_frames,
-                      "num_faces": sum(1 for x in clip_of if x == c), "num_tracks": per_clip.get(c, 0)})
+        clips.append(
+            {
+                "clip_id": clip_ids[c],
+                "video_id": vid,
+                "start_s": seg.start_s,
+                "end_s": seg.end_s,
+                "start_frame": seg.start_frame,
+                "end_frame": seg.end_frame,
+                "num_frames": seg.num_frames,
+                "num_faces": sum(1 for x in clip_of if x == c),
+                "num_tracks": per_clip.get(c, 0),
+            }
+        )
     crops = [
         {"face_id": face_ids[no], "crop": jpeg, "crop_width": w, "crop_height": h}
-        for kept in keep.values() for heap in kept.crops.values() for _, no, (jpeg, w, h) in heap
+        for kept in keep.values()
+        for heap in kept.crops.values()
+        for _, no, (jpeg, w, h) in heap
     ]
     crops.sort(key=lambda r: r["face_id"])
-    return _tables(stack.embedder.dim, videos_row, clips=clips, faces=faces, tracks=tracks, crops=crops,
-                   errors=errors)
+    return _tables(stack.embedder.dim, videos_row, clips=clips, faces=faces, tracks=tracks, crops=crops, errors=errors)
 
 
 def _track_embeddings(rows: list[_FaceRow]) -> dict[int, np.ndarray]:

@@ -35,8 +35,9 @@ class RunConflictError(RuntimeError):
 
 
 def _make_stack(cfg: BuildConfig) -> FaceStack:
-    return build_face_stack(cfg.backend, models_dir=cfg.models_dir, insightface_pack=cfg.insightface_pack,
-                            det_threshold=cfg.det_threshold)
+    return build_face_stack(
+        cfg.backend, models_dir=cfg.models_dir, insightface_pack=cfg.insightface_pack, det_threshold=cfg.det_threshold
+    )
 
 
 class VideoWorker:
@@ -53,15 +54,32 @@ class VideoWorker:
     def __call__(self, batch: dict) -> dict:
         from datakit.video_job import process_video
 
-        out: dict[str, list] = {"video_id": [], "status": [], "num_frames": [], "num_sampled": [],
-                                "num_faces": [], "seconds": []}
+        out: dict[str, list] = {
+            "video_id": [],
+            "status": [],
+            "num_frames": [],
+            "num_sampled": [],
+            "num_faces": [],
+            "seconds": [],
+        }
         for i in range(len(batch["video_id"])):
-            src = SourceFile(Path(batch["path"][i]), str(batch["rel_path"][i]), str(batch["video_id"][i]),
-                             int(batch["size_bytes"][i]), str(batch["kind"][i]))
+            src = SourceFile(
+                Path(batch["path"][i]),
+                str(batch["rel_path"][i]),
+                str(batch["video_id"][i]),
+                int(batch["size_bytes"][i]),
+                str(batch["kind"][i]),
+            )
             result = process_video(src, self.stack, self.cfg)
-            summary = {"video_id": src.video_id, "path": src.rel_path, "status": result.status,
-                       "num_frames": result.num_frames, "num_sampled": result.num_sampled,
-                       "num_faces": result.tables["faces"].num_rows, "seconds": result.seconds}
+            summary = {
+                "video_id": src.video_id,
+                "path": src.rel_path,
+                "status": result.status,
+                "num_frames": result.num_frames,
+                "num_sampled": result.num_sampled,
+                "num_faces": result.tables["faces"].num_rows,
+                "seconds": result.seconds,
+            }
             self.run.write_video(src.video_id, result.tables, summary)
             for key in out:
                 out[key].append(summary[key] if key != "seconds" else json.dumps(summary["seconds"]))
@@ -80,8 +98,12 @@ def _init_ray(cfg: BuildConfig) -> None:
         runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(pipelines.__file__)]}
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.workers or os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(
+            num_cpus=cfg.workers or os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is one bar over videos
     ctx.print_on_execution_start = False
@@ -90,8 +112,19 @@ def _init_ray(cfg: BuildConfig) -> None:
 def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
     record = run.root / "run.json"
     if cfg.overwrite and run.root.exists():
-        for name in ("run.json", "_done", "_stage", "videos", "clips", "faces", "errors", "tracks",
-                     "identities", "reference_views", "samples"):
+        for name in (
+            "run.json",
+            "_done",
+            "_stage",
+            "videos",
+            "clips",
+            "faces",
+            "errors",
+            "tracks",
+            "identities",
+            "reference_views",
+            "samples",
+        ):
             path = run.root / name
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         return
@@ -100,8 +133,10 @@ def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
     old = json.loads(record.read_text())
     old_stack = old.get("face_stack", {}).get("name")
     if old_stack and old_stack != stack.name:
-        raise RunConflictError(f"{run.root} was built with face stack {old_stack!r}, this run uses "
-                               f"{stack.name!r}; pass --overwrite to start over or choose another --out")
+        raise RunConflictError(
+            f"{run.root} was built with face stack {old_stack!r}, this run uses "
+            f"{stack.name!r}; pass --overwrite to start over or choose another --out"
+        )
 
 
 def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
@@ -122,8 +157,9 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     t_global = time.perf_counter()
     counts = run_global(run, cfg, stack, progress=progress)
     timings["global"] = time.perf_counter() - t_global
-    summary = BuildSummary.from_run(run, stack, counts, wall_s=time.time() - started,
-                                    resumed=len(unique) - len(todo), stage_seconds=timings)
+    summary = BuildSummary.from_run(
+        run, stack, counts, wall_s=time.time() - started, resumed=len(unique) - len(todo), stage_seconds=timings
+    )
     write_json_atomic(run_record(cfg, stack, started, state="finished", summary=summary), run.root / "run.json")
     return summary
 
@@ -144,8 +180,14 @@ def _record_duplicates(run: RunDir, duplicates: list[SourceFile], unique: list[S
     first = {s.video_id: s.rel_path for s in unique}
     for dup in duplicates:
         tag = f"dup_{dup.video_id}_{abs(hash(dup.rel_path)) % 10**8:08d}"
-        row = {"video_id": dup.video_id, "path": dup.rel_path, "status": "duplicate", "size_bytes": dup.size_bytes,
-               "error": f"same content as {first[dup.video_id]}", "pipeline_version": schema.PIPELINE_VERSION}
+        row = {
+            "video_id": dup.video_id,
+            "path": dup.rel_path,
+            "status": "duplicate",
+            "size_bytes": dup.size_bytes,
+            "error": f"same content as {first[dup.video_id]}",
+            "pipeline_version": schema.PIPELINE_VERSION,
+        }
         table = pa.Table.from_pylist([row], schema=schema.VIDEOS)
         from datakit.store import write_atomic
 
@@ -157,14 +199,25 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
     if not todo:
         return timings
     _init_ray(cfg)
-    items = [{"path": str(s.path), "rel_path": s.rel_path, "video_id": s.video_id, "size_bytes": s.size_bytes,
-              "kind": s.kind} for s in todo]
+    items = [
+        {
+            "path": str(s.path),
+            "rel_path": s.rel_path,
+            "video_id": s.video_id,
+            "size_bytes": s.size_bytes,
+            "kind": s.kind,
+        }
+        for s in todo
+    ]
     # Biggest first: the long videos start early instead of becoming the tail of the run.
     items.sort(key=lambda r: -r["size_bytes"])
     workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        VideoWorker, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, concurrency=min(workers, len(items)),
+        VideoWorker,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=1,
         num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
     )
     bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)
     for row in ds.iter_rows():
@@ -174,4 +227,3 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
             timings[k] = timings.get(k, 0.0) + float(v)
     bar.close()
     return timings
-

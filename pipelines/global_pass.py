@@ -43,7 +43,11 @@ def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack, *, progress: boo
     samples = build_samples(clips, tracks, refs, videos, min_clip_s=cfg.min_sample_s)
     seconds["samples"] = time.perf_counter() - t
 
-    for name, table in (("tracks", tracks), ("identities", identities), ("reference_views", refs),
-                        ("samples", samples)):
+    for name, table in (
+        ("tracks", tracks),
+        ("identities", identities),
+        ("reference_views", refs),
+        ("samples", samples),
+    ):
         run.replace_table(name, table)
     return seconds

@@ -16,8 +16,18 @@ from datakit.config import BuildConfig
 from datakit.faces import FaceStack
 from datakit.store import RunDir
 
-_PACKAGES = ("numpy", "pyarrow", "av", "opencv-python", "onnxruntime", "dlib-bin", "scenedetect", "ray",
-             "insightface", "harmoview-toolkit")
+_PACKAGES = (
+    "numpy",
+    "pyarrow",
+    "av",
+    "opencv-python",
+    "onnxruntime",
+    "dlib-bin",
+    "scenedetect",
+    "ray",
+    "insightface",
+    "harmoview-toolkit",
+)
 
 
 @dataclass(slots=True)
@@ -41,25 +51,32 @@ class BuildSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_run(cls, run: RunDir, stack: FaceStack, global_seconds: dict, *, wall_s: float, resumed: int,
-                 stage_seconds: dict) -> BuildSummary:
+    def from_run(
+        cls, run: RunDir, stack: FaceStack, global_seconds: dict, *, wall_s: float, resumed: int, stage_seconds: dict
+    ) -> BuildSummary:
         dim = stack.embedder.dim
         videos = run.read("videos", schema.VIDEOS)
         identities = run.read("identities", schema.identities_schema(dim))
         multi = int(pc.sum(pc.greater(identities["num_videos"], 1)).as_py() or 0) if identities.num_rows else 0
         return cls(
-            out=str(run.root), face_stack=stack.name, stack_notes=list(stack.notes),
+            out=str(run.root),
+            face_stack=stack.name,
+            stack_notes=list(stack.notes),
             videos=dict(Counter(videos["status"].to_pylist())),
             num_clips=run.read("clips", schema.CLIPS).num_rows,
             num_faces=run.read("faces", schema.faces_schema(dim)).num_rows,
             num_tracks=run.read("tracks", schema.tracks_schema(dim)).num_rows,
-            num_identities=identities.num_rows, num_multi_video_identities=multi,
+            num_identities=identities.num_rows,
+            num_multi_video_identities=multi,
             num_reference_views=run.read("reference_views", schema.REFERENCE_VIEWS).num_rows,
             num_samples=run.read("samples", schema.SAMPLES).num_rows,
             num_errors=run.read("errors", schema.ERRORS).num_rows,
-            resumed_videos=resumed, wall_s=wall_s,
-            stage_seconds={**{k: round(v, 3) for k, v in stage_seconds.items()},
-                           **{f"global.{k}": round(v, 3) for k, v in global_seconds.items()}},
+            resumed_videos=resumed,
+            wall_s=wall_s,
+            stage_seconds={
+                **{k: round(v, 3) for k, v in stage_seconds.items()},
+                **{f"global.{k}": round(v, 3) for k, v in global_seconds.items()},
+            },
         )
 
     def format(self) -> str:
@@ -92,8 +109,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_record(cfg: BuildConfig, stack: FaceStack, started: float, *, state: str,
-               summary: BuildSummary | None = None) -> dict:
+def run_record(
+    cfg: BuildConfig, stack: FaceStack, started: float, *, state: str, summary: BuildSummary | None = None
+) -> dict:
     """The run.json content."""
     return {
         "schema_version": schema.SCHEMA_VERSION,
