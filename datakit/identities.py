@@ -83,7 +83,7 @@ def knn_inner_product(
 
     Returns ``(sims, idx)``, both ``(N, k)``, best first; slots beyond ``N - 1`` neighbours hold
     ``-inf`` / ``-1``. ``backend``: ``"faiss"`` (IndexFlatIP), ``"numpy"`` (blockwise: at most a
-    ``query_block x db_block`` similarity matrix at a time) or ``"auto"`` (faiss when importable).
+    ``query_block x db_block`` similarity matrix at a time) or ``"auto"`` (faiss when importable and ``N > 4096``).
     """
     x = np.ascontiguousarray(x, np.float32)
     n = x.shape[0]
@@ -92,6 +92,8 @@ def knn_inner_product(
     idx = np.full((n, k), -1, np.int64)
     if k_eff == 0:
         return sims, idx
+    if backend == "auto" and n <= 4096:
+        backend = "numpy"  # one block; faiss's per-call threading overhead dominates on small inputs
     if backend == "auto":
         try:
             import faiss  # noqa: F401
@@ -137,9 +139,7 @@ def _knn_numpy(x: np.ndarray, k: int, query_block: int, db_block: int) -> tuple[
             inside = (own >= 0) & (own < block.shape[1])
             block[rows[inside], own[inside]] = -np.inf
             cand_s = np.concatenate([best_s, block], axis=1)
-            cand_i = np.concatenate(
-                [best_i, np.broadcast_to(np.arange(d0, d0 + block.shape[1]), block.shape)], 1
-            )
+            cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(d0, d0 + block.shape[1]), block.shape)], 1)
             top = min(k, cand_s.shape[1])
             part = np.argpartition(-cand_s, top - 1, axis=1)[:, :top]
             best_s = np.take_along_axis(cand_s, part, 1)
@@ -335,9 +335,7 @@ def build_identities(tracks: pa.Table, faces: pa.Table, dim: int) -> pa.Table:
     # Faces: counted through their track's identity.
     track_code = dict(zip(tracks.column("track_id").to_pylist(), code.tolist(), strict=True))
     faces_per = np.zeros(m, np.int64)
-    for track_id, view in zip(
-        faces.column("track_id").to_pylist(), faces.column("view").to_pylist(), strict=True
-    ):
+    for track_id, view in zip(faces.column("track_id").to_pylist(), faces.column("view").to_pylist(), strict=True):
         c = track_code.get(track_id)
         if c is not None:
             faces_per[c] += 1
@@ -349,8 +347,7 @@ def build_identities(tracks: pa.Table, faces: pa.Table, dim: int) -> pa.Table:
     np.add.at(sums, code[valid], emb[valid])
     norms = np.linalg.norm(sums, axis=1)
     centroids = [
-        (row / nrm).astype(np.float32).tolist() if nrm > 1e-12 else None
-        for row, nrm in zip(sums, norms, strict=True)
+        (row / nrm).astype(np.float32).tolist() if nrm > 1e-12 else None for row, nrm in zip(sums, norms, strict=True)
     ]
     view_rank = {v: i for i, v in enumerate(VIEWS)}
     return pa.table(

@@ -64,9 +64,7 @@ def select_references(faces: pa.Table, crops: pa.Table, tracks: pa.Table, *, per
         return REFERENCE_VIEWS.empty_table()
     cand = cand.combine_chunks()
 
-    ident, track, clip, face = (
-        _codes(cand.column(c)) for c in ("identity_id", "track_id", "clip_id", "face_id")
-    )
+    ident, track, clip, face = (_codes(cand.column(c)) for c in ("identity_id", "track_id", "clip_id", "face_id"))
     view_rank = {v: i for i, v in enumerate(VIEWS)}
     view = np.array([view_rank[v] for v in cand.column("view").to_pylist()], np.int64)
     neg_q = -cand.column("quality").to_numpy().astype(np.float64)

@@ -36,9 +36,7 @@ def _people_per_clip(tracks: pa.Table) -> dict[str, list[dict]]:
     """clip_id -> the clip's identities (identity_id, track_ids), most screen time first."""
     cols = ["clip_id", "identity_id", "track_id", "start_s", "end_s", "num_faces"]
     per_clip: dict[str, dict[str, list]] = defaultdict(dict)
-    for clip, ident, track, start, end, num_faces in zip(
-        *(tracks.column(c).to_pylist() for c in cols), strict=True
-    ):
+    for clip, ident, track, start, end, num_faces in zip(*(tracks.column(c).to_pylist() for c in cols), strict=True):
         if ident is None:
             continue
         entry = per_clip[clip].setdefault(ident, [0.0, 0, []])
@@ -57,9 +55,7 @@ def _people_per_clip(tracks: pa.Table) -> dict[str, list[dict]]:
 def _references_by_slot(reference_views: pa.Table) -> dict[tuple[str, str], list[dict]]:
     """(identity_id, view) -> its references, best rank first."""
     by_slot: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in reference_views.select(
-        ["identity_id", "view", "rank", "face_id", "clip_id", "crop"]
-    ).to_pylist():
+    for row in reference_views.select(["identity_id", "view", "rank", "face_id", "clip_id", "crop"]).to_pylist():
         by_slot[row["identity_id"], row["view"]].append(row)
     for rows in by_slot.values():
         rows.sort(key=lambda r: (r["rank"], r["face_id"]))
@@ -115,9 +111,7 @@ def build_samples(
                 "references": [
                     ref
                     for view in VIEWS
-                    for ref in _pick(
-                        by_slot.get((person["identity_id"], view), []), clip["clip_id"], refs_per_view
-                    )
+                    for ref in _pick(by_slot.get((person["identity_id"], view), []), clip["clip_id"], refs_per_view)
                 ],
             }
             for person in on_screen

@@ -46,9 +46,7 @@ def make_tracks(embeddings, *, clips=None, videos=None, times=None, views=None) 
 
 
 def labels(table: pa.Table) -> dict[str, str]:
-    return dict(
-        zip(table.column("track_id").to_pylist(), table.column("identity_id").to_pylist(), strict=True)
-    )
+    return dict(zip(table.column("track_id").to_pylist(), table.column("identity_id").to_pylist(), strict=True))
 
 
 def same(lab: dict[str, str], *track_ids: str) -> bool:
@@ -180,9 +178,7 @@ def test_person_with_many_tracks_in_two_videos_is_linked():
     emb = np.concatenate([jitter(rng, look, 20, 0.05) for look in looks])
     _, idx = knn_inner_product(emb, 4)
     assert ((idx < 20) == (np.arange(40) < 20)[:, None]).all()  # the premise
-    out = link_identities(
-        make_tracks(list(emb), videos=["va"] * 20 + ["vb"] * 20), same_person_cosine=0.85, k=4
-    )
+    out = link_identities(make_tracks(list(emb), videos=["va"] * 20 + ["vb"] * 20), same_person_cosine=0.85, k=4)
     assert len(set(out.column("identity_id").to_pylist())) == 1
 
 
