@@ -1,0 +1,66 @@
+"""A ``kill -9`` in the middle of ``datakit build``, then the same command again: same ids, same rows."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from datakit import BuildConfig, build
+from tests.conftest import MODELS, VIDEOS
+
+pytestmark = pytest.mark.slow
+
+SUBSET = ("obama_weekly_address_1.mp4", "single_face.mp4", "face_then_noface_hevc.mov", "cisco_two_people.mp4",
+          "zhling_720p.mp4", "carphone_qcif.mp4")
+KEYS = {"videos": "video_id", "clips": "clip_id", "faces": "face_id", "tracks": "track_id",
+        "identities": "identity_id", "reference_views": "face_id", "samples": "sample_id"}
+
+
+def _ids(run) -> dict[str, list[str]]:
+    return {t: sorted(pq.read_table(run / t)[k].to_pylist()) for t, k in KEYS.items()}
+
+
+def _command(src, out) -> list[str]:
+    return [sys.executable, "-m", "datakit.cli", "build", "--src", str(src), "--out", str(out),
+            "--models-dir", str(MODELS), "--workers", "1", "--quiet"]
+
+
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SUBSET:
+        os.symlink(VIDEOS / name, src / name)
+    reference = tmp_path / "reference"
+    build(BuildConfig(src=src, out=reference, models_dir=MODELS, workers=2), progress=False)
+    ray.shutdown()
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_command(src, killed), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((killed / "_done").glob("*.json"))) < 2:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    proc.wait()
+    done_at_kill = len(list((killed / "_done").glob("*.json")))
+    assert 2 <= done_at_kill < len(SUBSET), "kill landed outside the per-video stage"
+    assert not (killed / "samples").exists() or not any((killed / "samples").iterdir())
+
+    rerun = subprocess.run(_command(src, killed), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    resumed = re.search(r"(\d+) already done", rerun.stdout)
+    assert resumed and int(resumed.group(1)) >= done_at_kill, rerun.stdout  # finished videos were not redone
+    got, want = _ids(killed), _ids(reference)
+    for table in KEYS:
+        assert got[table] == want[table], table
+    faces = pq.read_table(killed / "faces")
+    assert len(set(faces["face_id"].to_pylist())) == faces.num_rows  # nothing duplicated
