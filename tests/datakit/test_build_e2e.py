@@ -171,3 +171,23 @@ def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path):
     assert videos["corrupt_middle.mp4"]["status"] in {"partial", "failed"}
     assert "corrupt_middle.mp4" in errors
     assert summary.videos.get("failed", 0) >= 5
+
+
+def test_insightface_backend_runs_end_to_end_with_the_detector_only_pack(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("cisco_two_people.mp4", "single_face.mp4"):
+        os.symlink(VIDEOS / name, src / name)
+    cfg = BuildConfig(src=src, out=tmp_path / "out", backend="insightface", models_dir=MODELS,
+                      insightface_pack=MODELS / "insightface_det_500m", workers=1)
+    summary = build(cfg, progress=False)
+    assert summary.face_stack.startswith("insightface:")
+    assert any("dlib" in note for note in summary.stack_notes)  # no recognition model: dlib embeds
+    faces = read(tmp_path / "out", "faces")
+    videos = {r["video_id"]: r["path"] for r in read(tmp_path / "out", "videos").to_pylist()}
+    per_video = {}
+    for vid in faces["video_id"].to_pylist():
+        per_video[videos[vid]] = per_video.get(videos[vid], 0) + 1
+    assert per_video.get("single_face.mp4", 0) >= 4 and per_video.get("cisco_two_people.mp4", 0) >= 4
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["face_stack"]["detector"].startswith("insightface")
