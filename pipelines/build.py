@@ -217,6 +217,8 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
         fn_constructor_kwargs={"cfg": cfg},
         batch_size=1,
         num_cpus=1,
+        # one CPU per actor: keep BLAS/OpenMP pools (dlib, onnxruntime) from oversubscribing the node
+        runtime_env={"env_vars": {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}},
         compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
     )
     bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)

@@ -1,0 +1,184 @@
+"""Forward+backward time and peak memory of one DiT training step: our backbone vs diffusers' Wan.
+
+    python benchmarks/dit_step.py [--configs small medium] [--repeats 5] [--threads 2]
+
+Each measurement runs in its own subprocess (same weights, same inputs, seeded) so that allocator
+state and peak memory of one model do not leak into the next. Peak memory is the growth of the
+process's resident set during the steps (Linux /proc/self/status VmHWM, reset through
+/proc/self/clear_refs after the model and inputs exist), i.e. activations + gradients + workspace.
+
+Rows: `diffusers` (WanTransformer3DModel), `ours` (HarmoViewDiT, features off), `harmoview` (2
+identities x 3 of 5 views present, proxies in the other 2 slots, sinks, Jump-RoPE, MFI with 2 ViT
+depths) and `harmoview+iso` (the same plus the identity-isolation attention mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Model sizes and input shapes of one benchmark case."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    text_dim: int
+    text_tokens: int
+    video: tuple[int, int, int, int, int]  # (B, C, F, H, W) latents
+    ref_latent_hw: tuple[int, int]
+    vit_tokens: int
+    vit_dim: int
+
+
+CONFIGS = {
+    # 320 video tokens + 2 x 5 x 4 reference tokens + 4 sinks
+    "small": BenchConfig(
+        dim=256, ffn_dim=1024, num_heads=4, num_layers=4, text_dim=256, text_tokens=64,
+        video=(1, 16, 5, 16, 16), ref_latent_hw=(4, 4), vit_tokens=65, vit_dim=256,
+    ),
+    # 2304 video tokens (head dim 128 as in Wan) + 2 x 5 x 16 reference tokens + 4 sinks; text padded
+    # to 512 tokens of width 4096 as umT5 gives them; ViT-H/14-like features (257 tokens x 1280).
+    "medium": BenchConfig(
+        dim=768, ffn_dim=3072, num_heads=6, num_layers=6, text_dim=4096, text_tokens=512,
+        video=(1, 16, 9, 32, 32), ref_latent_hw=(8, 8), vit_tokens=257, vit_dim=1280,
+    ),
+}  # fmt: skip
+IMPLS = ("diffusers", "ours", "harmoview", "harmoview+iso")
+
+
+def _dit_config(bench: BenchConfig, impl: str):
+    from harmoview import DiTConfig
+
+    return DiTConfig(
+        dim=bench.dim, ffn_dim=bench.ffn_dim, num_heads=bench.num_heads, num_layers=bench.num_layers,
+        in_channels=bench.video[1], out_channels=bench.video[1], text_dim=bench.text_dim,
+        ref_latent_hw=bench.ref_latent_hw, vit_dim=bench.vit_dim, vit_num_levels=2,
+        use_references=impl.startswith("harmoview"), use_mfi=impl.startswith("harmoview"),
+        isolate_identities=impl == "harmoview+iso",
+    )  # fmt: skip
+
+
+def _rss_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _build(bench: BenchConfig, impl: str):
+    """Model and a closure running one forward+backward, all seeded."""
+    import torch
+
+    from harmoview import HarmoViewDiT, References
+    from harmoview.weights import diffusers_config, to_layout
+
+    torch.manual_seed(0)
+    model = HarmoViewDiT(_dit_config(bench, impl))
+    b, c = bench.video[:2]
+    video = torch.randn(*bench.video)
+    t = torch.full((b,), 700.0)
+    text = torch.randn(b, bench.text_tokens, bench.text_dim)
+    extra: tuple = ()
+    if impl.startswith("harmoview"):
+        present = torch.tensor([[True, True, True, False, False], [True, False, False, True, True]])
+        latents = torch.randn(b, 2, 5, c, *bench.ref_latent_hw)
+        refs = References(latents=latents, present=present.expand(b, 2, 5))
+        extra = (refs, torch.randn(b, 2, bench.vit_tokens, bench.vit_dim * 2))
+    if impl == "diffusers":
+        from diffusers import WanTransformer3DModel
+
+        kwargs = {k: v for k, v in diffusers_config(model.config).items() if not k.startswith("_")}
+        theirs = WanTransformer3DModel(**kwargs)
+        theirs.load_state_dict(to_layout(model, "diffusers"), strict=True)
+        del model
+        return theirs, lambda: theirs(video, t, text).sample
+    return model, lambda: model(video, t, text, *extra)
+
+
+def worker(config_name: str, impl: str, repeats: int, threads: int) -> dict:
+    """One measurement (run in a fresh process): median step time and peak RSS growth."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    model, run = _build(CONFIGS[config_name], impl)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        out = run()
+        out.float().pow(2).mean().backward()
+        for p in params:
+            p.grad = None
+
+    step()  # warm-up: first-call allocations and kernel selection
+    gc.collect()
+    rss_before = _status_kib("VmRSS")
+    can_reset = _rss_reset()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = _status_kib("VmHWM") - rss_before if can_reset else None
+    return {"config": config_name, "impl": impl, "step_s": statistics.median(times), "times_s": times,
+            "peak_mib": None if peak is None else peak / 1024,
+            "params": sum(p.numel() for p in params)}  # fmt: skip
+
+
+def _run_worker(config_name: str, impl: str, repeats: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", config_name, impl, f"--repeats={repeats}", f"--threads={threads}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _tokens(bench: BenchConfig) -> tuple[int, int]:
+    _, _, f, h, w = bench.video
+    refs = 2 * 5 * (bench.ref_latent_hw[0] // 2) * (bench.ref_latent_hw[1] // 2) + 4
+    return f * (h // 2) * (w // 2), refs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.repeats, args.threads)))
+        return
+
+    print("| config | tokens (video + ref) | impl | params | step s (median) | peak MiB | vs diffusers | vs ours |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.configs:
+        video_tokens, ref_tokens = _tokens(CONFIGS[name])
+        rows = {impl: _run_worker(name, impl, args.repeats, args.threads) for impl in IMPLS}
+        for impl, r in rows.items():
+            tokens = f"{video_tokens} + {ref_tokens if impl.startswith('harmoview') else 0}"
+            peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            print(f"| {name} | {tokens} | {impl} | {r['params']:,} | {r['step_s']:.3f} | {peak} | "
+                  f"{r['step_s'] / rows['diffusers']['step_s']:.2f}x | {r['step_s'] / rows['ours']['step_s']:.2f}x |")  # fmt: skip
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
