@@ -43,19 +43,21 @@ def _make_stack(cfg: BuildConfig) -> FaceStack:
 class VideoWorker:
     """Ray Data actor: loads the face stack once, processes one video per call."""
 
-    def __init__(self, cfg: BuildConfig) -> None:
+    cfg: BuildConfig  # bound per run by ``_worker_class`` (see there)
+
+    def __init__(self) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # one CPU per actor: parallelism comes from Ray, not from inside OpenCV
-        self.cfg = cfg
-        self.stack = _make_stack(cfg)
-        self.run = RunDir(cfg.out)
+        self.stack = _make_stack(self.cfg)
+        self.run = RunDir(self.cfg.out)
 
     def __call__(self, batch: dict) -> dict:
         from datakit.video_job import process_video
 
         out: dict[str, list] = {
             "video_id": [],
+            "path": [],
             "status": [],
             "num_frames": [],
             "num_sampled": [],
@@ -86,24 +88,36 @@ class VideoWorker:
         return out
 
 
+def _worker_class(cfg: BuildConfig) -> type[VideoWorker]:
+    """VideoWorker with this run's config as a class attribute.
+
+    The config then travels with the class definition instead of as actor constructor arguments in the
+    object store, which Ray cannot restore if an actor restarts (and warns about on every run).
+    """
+    return type("VideoWorker", (VideoWorker,), {"cfg": cfg})
+
+
 def _init_ray(cfg: BuildConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Keep the terminal to our progress bar and summary; Ray Data still logs to its session log file.
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     if address:
         # A remote cluster needs our code: ship the two packages (its nodes need the dependencies).
         import datakit
         import pipelines
 
         runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(pipelines.__file__)]}
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR)
     else:
         ray.init(
             num_cpus=cfg.workers or os.cpu_count(),
             include_dashboard=False,
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
             log_to_driver=False,
         )
+    logging.getLogger("ray").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours is one bar over videos
     ctx.print_on_execution_start = False
@@ -213,8 +227,7 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
     items.sort(key=lambda r: -r["size_bytes"])
     workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        VideoWorker,
-        fn_constructor_kwargs={"cfg": cfg},
+        _worker_class(cfg),
         batch_size=1,
         num_cpus=1,
         # one CPU per actor: keep BLAS/OpenMP pools (dlib, onnxruntime) from oversubscribing the node
@@ -224,7 +237,7 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
     bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)
     for row in ds.iter_rows():
         bar.update(1)
-        bar.set_postfix_str(f"{row['status']}: {row['video_id']}")
+        bar.set_postfix_str(f"{row['status']}: {row['path']}")
         for k, v in json.loads(row["seconds"]).items():
             timings[k] = timings.get(k, 0.0) + float(v)
     bar.close()

@@ -27,8 +27,14 @@ class YuNetDetector:
     def __init__(self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD,
                  nms_threshold: float = 0.3) -> None:
         self.score_threshold = score_threshold
-        self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold,
-                                              nms_threshold, 5000)
+        # OpenCV 5 warns on every create that its new graph engine ignores target selection: noise for users.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold,
+                                                  nms_threshold, 5000)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         self._input_size: tuple[int, int] = (320, 320)
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:

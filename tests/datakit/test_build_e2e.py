@@ -76,8 +76,13 @@ def test_identities_link_across_videos(demo):
 
 def test_distinct_people_are_distinct_identities(demo):
     tracks = _tracks(demo[0])
-    people = ["foreman_cif.mp4", "carphone_qcif.mp4", "zhling_720p.mp4", "pexels_woman_expressions.mp4",
-              "single_face.mp4"]
+    people = [
+        "foreman_cif.mp4",
+        "carphone_qcif.mp4",
+        "zhling_720p.mp4",
+        "pexels_woman_expressions.mp4",
+        "single_face.mp4",
+    ]
     assert len({_main_identity(tracks, p) for p in people}) == 5
     cisco = [t for t in tracks if t["path"] == "cisco_two_people.mp4"]
     two = sorted(cisco, key=lambda t: -t["num_faces"])[:2]
@@ -178,8 +183,14 @@ def test_insightface_backend_runs_end_to_end_with_the_detector_only_pack(tmp_pat
     src.mkdir()
     for name in ("cisco_two_people.mp4", "single_face.mp4"):
         os.symlink(VIDEOS / name, src / name)
-    cfg = BuildConfig(src=src, out=tmp_path / "out", backend="insightface", models_dir=MODELS,
-                      insightface_pack=MODELS / "insightface_det_500m", workers=1)
+    cfg = BuildConfig(
+        src=src,
+        out=tmp_path / "out",
+        backend="insightface",
+        models_dir=MODELS,
+        insightface_pack=MODELS / "insightface_det_500m",
+        workers=1,
+    )
     summary = build(cfg, progress=False)
     assert summary.face_stack.startswith("insightface:")
     assert any("dlib" in note for note in summary.stack_notes)  # no recognition model: dlib embeds

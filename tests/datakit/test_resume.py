@@ -18,10 +18,23 @@ from tests.conftest import MODELS, VIDEOS
 
 pytestmark = pytest.mark.slow
 
-SUBSET = ("obama_weekly_address_1.mp4", "single_face.mp4", "face_then_noface_hevc.mov", "cisco_two_people.mp4",
-          "zhling_720p.mp4", "carphone_qcif.mp4")
-KEYS = {"videos": "video_id", "clips": "clip_id", "faces": "face_id", "tracks": "track_id",
-        "identities": "identity_id", "reference_views": "face_id", "samples": "sample_id"}
+SUBSET = (
+    "obama_weekly_address_1.mp4",
+    "single_face.mp4",
+    "face_then_noface_hevc.mov",
+    "cisco_two_people.mp4",
+    "zhling_720p.mp4",
+    "carphone_qcif.mp4",
+)
+KEYS = {
+    "videos": "video_id",
+    "clips": "clip_id",
+    "faces": "face_id",
+    "tracks": "track_id",
+    "identities": "identity_id",
+    "reference_views": "face_id",
+    "samples": "sample_id",
+}
 
 
 def _ids(run) -> dict[str, list[str]]:
@@ -29,8 +42,21 @@ def _ids(run) -> dict[str, list[str]]:
 
 
 def _command(src, out) -> list[str]:
-    return [sys.executable, "-m", "datakit.cli", "build", "--src", str(src), "--out", str(out),
-            "--models-dir", str(MODELS), "--workers", "1", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "datakit.cli",
+        "build",
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+        "--models-dir",
+        str(MODELS),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
 
 
 def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
@@ -43,8 +69,9 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     ray.shutdown()
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_command(src, killed), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(src, killed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(list((killed / "_done").glob("*.json"))) < 2:
         assert proc.poll() is None, "the run ended before it could be killed"
