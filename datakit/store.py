@@ -96,6 +96,16 @@ class RunDir:
         os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)
 
+    def clear(self) -> None:
+        """Delete every manifest, marker and record of this run (``--overwrite``)."""
+        names = {"run.json", "_done", "_stage", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
+        for name in names:
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
     def clean_temporaries(self) -> None:
         """Remove leftovers of a killed run (temporary files and half-swapped table folders)."""
         if not self.root.is_dir():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -123,25 +122,16 @@ def _init_ray(cfg: BuildConfig) -> None:
     ctx.print_on_execution_start = False
 
 
+#: settings that change how a run is executed but not what it writes: free to differ on resume
+_EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite"})
+
+
 def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
-    record = run.root / "run.json"
-    if cfg.overwrite and run.root.exists():
-        for name in (
-            "run.json",
-            "_done",
-            "_stage",
-            "videos",
-            "clips",
-            "faces",
-            "errors",
-            "tracks",
-            "identities",
-            "reference_views",
-            "samples",
-        ):
-            path = run.root / name
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    """Start over on ``overwrite``; refuse to resume a run whose output settings were different."""
+    if cfg.overwrite:
+        run.clear()
         return
+    record = run.root / "run.json"
     if not record.exists():
         return
     old = json.loads(record.read_text())
@@ -150,6 +140,13 @@ def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
         raise RunConflictError(
             f"{run.root} was built with face stack {old_stack!r}, this run uses "
             f"{stack.name!r}; pass --overwrite to start over or choose another --out"
+        )
+    old_cfg = old.get("config", {})
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY and old_cfg.get(k, v) != v)
+    if changed:
+        raise RunConflictError(
+            f"{run.root} was built with other settings ({', '.join(changed)}); resuming would mix two "
+            "configurations in one dataset: pass --overwrite to start over or choose another --out"
         )
 
 
@@ -168,6 +165,8 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     write_json_atomic(run_record(cfg, stack, started, state="running"), run.root / "run.json")
     timings = _run_videos(cfg, todo, progress, total=len(unique), already=len(unique) - len(todo))
     _record_duplicates(run, duplicates, unique)
+    # Stage slot: captions (VLM) and clip quality scores run here, as a Ray Data map over `clips`
+    # (a later issue); until then their columns stay null.
     t_global = time.perf_counter()
     counts = run_global(run, cfg, stack, progress=progress)
     timings["global"] = time.perf_counter() - t_global

@@ -9,7 +9,7 @@ import pyarrow as pa
 from datakit.discover import discover, sniff
 from datakit.store import RunDir
 from datakit.tracking import IouTracker, iou
-from tests.conftest import STILLS, VIDEOS
+from tests.conftest import MODELS, STILLS, VIDEOS
 
 
 def test_discovery_is_by_content_and_ids_are_content_hashes(tmp_path):
@@ -53,3 +53,25 @@ def test_iou_tracker_links_overlapping_boxes_and_cuts():
     tracker.cut()
     assert tracker.update(2.3, [a]) == [3]
     assert iou(a, a) == 1.0 and iou(a, b) == 0.0
+
+
+def test_resume_refuses_other_output_settings_and_overwrite_clears(tmp_path):
+    import json
+
+    import pytest
+
+    from datakit import BuildConfig
+    from datakit.faces import build_face_stack
+    from pipelines.build import RunConflictError, _check_resume
+
+    stack = build_face_stack("auto", models_dir=MODELS)
+    run = RunDir(tmp_path / "run")
+    first = BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS)
+    run.root.mkdir()
+    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": first.to_dict()}))
+    (run.root / "faces").mkdir()
+    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, workers=1), run, stack)  # fine
+    with pytest.raises(RunConflictError, match="sample_fps"):
+        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, sample_fps=1.0), run, stack)
+    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, overwrite=True), run, stack)
+    assert not (run.root / "run.json").exists() and not (run.root / "faces").exists()
