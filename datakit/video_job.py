@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import heapq
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from datakit import schema
 from datakit.config import BuildConfig
-from datakit.decode import DecodeStats, VideoError, iter_frames, probe
+from datakit.decode import DecodeStats, ProbeInfo, VideoError, iter_frames, probe
 from datakit.discover import SourceFile
 from datakit.faces import FaceStack
 from datakit.faces.quality import face_quality, head_crop_jpeg, sharpness
@@ -95,10 +97,21 @@ def process_video(src: SourceFile, stack: FaceStack, cfg: BuildConfig) -> VideoO
             _tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors), "failed", {}
         )
     videos_row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, codec=info.codec)
-    return _scan(src, stack, cfg, info, videos_row, errors)
+    try:
+        return _scan(src, stack, cfg, info, videos_row, errors)
+    except Exception as err:  # a file that breaks a library in a way we did not foresee: record, go on
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        message = f"{err} (in {where.name}, {Path(where.filename).name}:{where.lineno})"
+        exc = VideoError("process", type(err).__name__, message)
+        errors.append(_error_row(exc, src))
+        return VideoOutput(
+            _tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors), "failed", {}
+        )
 
 
-def _scan(src, stack: FaceStack, cfg: BuildConfig, info, videos_row: dict, errors: list) -> VideoOutput:
+def _scan(
+    src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, videos_row: dict, errors: list[dict]
+) -> VideoOutput:
     timer = defaultdict(float)
     stats = DecodeStats()
     shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
@@ -141,7 +154,7 @@ def _scan(src, stack: FaceStack, cfg: BuildConfig, info, videos_row: dict, error
     _embed(rows, keep, stack)
     timer["embed"] += time.perf_counter() - t_emb
     segments = split_long(shots.segments(), info.fps, cfg.max_clip_s)
-    status = "no_faces" if not rows else ("partial" if stats.error else "ok")
+    status = "partial" if stats.error else ("no_faces" if not rows else "ok")
     videos_row.update(status=status, num_frames=stats.num_frames, error=stats.error.message if stats.error else None)
     if not videos_row.get("duration_s"):
         videos_row["duration_s"] = segments[-1].end_s if segments else None
