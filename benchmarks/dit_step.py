@@ -1,11 +1,12 @@
 """Forward+backward time and peak memory of one DiT training step: our backbone vs diffusers' Wan.
 
-    python benchmarks/dit_step.py [--configs small medium] [--repeats 5] [--threads 2]
+    python benchmarks/dit_step.py [--configs small medium] [--rounds 10] [--threads 2]
 
-Each measurement runs in its own subprocess (same weights, same inputs, seeded) so that allocator
-state and peak memory of one model do not leak into the next. Peak memory is the growth of the
-process's resident set during the steps (Linux /proc/self/status VmHWM, reset through
-/proc/self/clear_refs after the model and inputs exist), i.e. activations + gradients + workspace.
+Timing: all implementations (same weights, same seeded inputs) in one process, interleaved step by
+step; the minimum over rounds of process CPU time and of wall time is reported. Peak memory: one
+fresh subprocess per implementation, the growth of the resident set during one step (Linux
+/proc/self/status VmHWM, reset through /proc/self/clear_refs after a warm-up step), i.e.
+activations + gradients + workspace.
 
 Rows: `diffusers` (WanTransformer3DModel), `ours` (HarmoViewDiT, features off), `harmoview` (2
 identities x 3 of 5 views present, proxies in the other 2 slots, sinks, Jump-RoPE, MFI with 2 ViT
@@ -46,11 +47,11 @@ CONFIGS = {
         dim=256, ffn_dim=1024, num_heads=4, num_layers=4, text_dim=256, text_tokens=64,
         video=(1, 16, 5, 16, 16), ref_latent_hw=(4, 4), vit_tokens=65, vit_dim=256,
     ),
-    # 2304 video tokens (head dim 128 as in Wan) + 2 x 5 x 16 reference tokens + 4 sinks; text padded
+    # 1280 video tokens (head dim 128 as in Wan) + 2 x 5 x 16 reference tokens + 4 sinks; text padded
     # to 512 tokens of width 4096 as umT5 gives them; ViT-H/14-like features (257 tokens x 1280).
     "medium": BenchConfig(
-        dim=768, ffn_dim=3072, num_heads=6, num_layers=6, text_dim=4096, text_tokens=512,
-        video=(1, 16, 9, 32, 32), ref_latent_hw=(8, 8), vit_tokens=257, vit_dim=1280,
+        dim=512, ffn_dim=2048, num_heads=4, num_layers=4, text_dim=4096, text_tokens=512,
+        video=(1, 16, 5, 32, 32), ref_latent_hw=(8, 8), vit_tokens=257, vit_dim=1280,
     ),
 }  # fmt: skip
 IMPLS = ("diffusers", "ours", "harmoview", "harmoview+iso")
@@ -113,8 +114,15 @@ def _build(bench: BenchConfig, impl: str):
     return model, lambda: model(video, t, text, *extra)
 
 
-def worker(config_name: str, impl: str, repeats: int, threads: int) -> dict:
-    """One measurement (run in a fresh process): median step time and peak RSS growth."""
+def _step(run, params) -> None:
+    out = run()
+    out.float().pow(2).mean().backward()
+    for p in params:
+        p.grad = None
+
+
+def memory_worker(config_name: str, impl: str, threads: int) -> dict:
+    """Peak RSS growth of one forward+backward (run in a fresh process)."""
     import gc
 
     import torch
@@ -122,30 +130,48 @@ def worker(config_name: str, impl: str, repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     model, run = _build(CONFIGS[config_name], impl)
     params = [p for p in model.parameters() if p.requires_grad]
-
-    def step() -> None:
-        out = run()
-        out.float().pow(2).mean().backward()
-        for p in params:
-            p.grad = None
-
-    step()  # warm-up: first-call allocations and kernel selection
+    _step(run, params)  # warm-up: first-call allocations and kernel selection
     gc.collect()
     rss_before = _status_kib("VmRSS")
     can_reset = _rss_reset()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    _step(run, params)
     peak = _status_kib("VmHWM") - rss_before if can_reset else None
-    return {"config": config_name, "impl": impl, "step_s": statistics.median(times), "times_s": times,
-            "peak_mib": None if peak is None else peak / 1024,
-            "params": sum(p.numel() for p in params)}  # fmt: skip
+    return {"peak_mib": None if peak is None else peak / 1024, "params": sum(p.numel() for p in params)}
 
 
-def _run_worker(config_name: str, impl: str, repeats: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", config_name, impl, f"--repeats={repeats}", f"--threads={threads}"]
+def time_side_by_side(config_name: str, rounds: int, threads: int) -> dict[str, dict]:
+    """All implementations in one process, interleaved step by step so that they share the same noise.
+
+    Reports the minimum over rounds of wall time and of process CPU time. On a shared 2-core machine
+    wall medians swing by several x with other people's load; CPU time and minima do not.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    built = {impl: _build(CONFIGS[config_name], impl) for impl in IMPLS}
+    params = {impl: [p for p in m.parameters() if p.requires_grad] for impl, (m, _) in built.items()}
+    wall: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    cpu: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    for impl in IMPLS:
+        _step(built[impl][1], params[impl])
+    for _ in range(rounds):
+        for impl in IMPLS:
+            w0, c0 = time.perf_counter(), time.process_time()
+            _step(built[impl][1], params[impl])
+            wall[impl].append(time.perf_counter() - w0)
+            cpu[impl].append(time.process_time() - c0)
+    return {
+        impl: {
+            "wall_min_s": min(wall[impl]),
+            "wall_median_s": statistics.median(wall[impl]),
+            "cpu_min_s": min(cpu[impl]),
+        }
+        for impl in IMPLS
+    }
+
+
+def _run_memory_worker(config_name: str, impl: str, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--memory-worker", config_name, impl, f"--threads={threads}"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -159,25 +185,31 @@ def _tokens(bench: BenchConfig) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per implementation")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(*args.worker, args.repeats, args.threads)))
+    if args.memory_worker:
+        print(json.dumps(memory_worker(*args.memory_worker, args.threads)))
         return
 
-    print("| config | tokens (video + ref) | impl | params | step s (median) | peak MiB | vs diffusers | vs ours |")
-    print("|---|---|---|---|---|---|---|---|")
+    header = "| config | tokens video + ref | impl | params | CPU s (min) | wall s (min / median) | peak MiB"
+    print(header + " | CPU vs diffusers | CPU vs ours |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in args.configs:
         video_tokens, ref_tokens = _tokens(CONFIGS[name])
-        rows = {impl: _run_worker(name, impl, args.repeats, args.threads) for impl in IMPLS}
-        for impl, r in rows.items():
+        times = time_side_by_side(name, args.rounds, args.threads)
+        for impl in IMPLS:
+            mem, t = _run_memory_worker(name, impl, args.threads), times[impl]
             tokens = f"{video_tokens} + {ref_tokens if impl.startswith('harmoview') else 0}"
-            peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-            print(f"| {name} | {tokens} | {impl} | {r['params']:,} | {r['step_s']:.3f} | {peak} | "
-                  f"{r['step_s'] / rows['diffusers']['step_s']:.2f}x | {r['step_s'] / rows['ours']['step_s']:.2f}x |")  # fmt: skip
-        sys.stdout.flush()
+            peak = "n/a" if mem["peak_mib"] is None else f"{mem['peak_mib']:.0f}"
+            vs_diffusers = t["cpu_min_s"] / times["diffusers"]["cpu_min_s"]
+            vs_ours = t["cpu_min_s"] / times["ours"]["cpu_min_s"]
+            print(
+                f"| {name} | {tokens} | {impl} | {mem['params']:,} | {t['cpu_min_s']:.3f} | "
+                f"{t['wall_min_s']:.3f} / {t['wall_median_s']:.3f} | {peak} | {vs_diffusers:.2f}x | {vs_ours:.2f}x |"
+            )
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

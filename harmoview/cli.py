@@ -40,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--preset", default="wan2.1-t2v-1.3b", choices=sorted(PRESETS))
     info.set_defaults(func=_info)
     sub.add_parser("train", help="PVC training (not yet)").set_defaults(func=_not_yet("train", "the trainer issue"))
-    sub.add_parser("generate", help="sampling (not yet)").set_defaults(
-        func=_not_yet("generate", "the sampler issue")
-    )
+    sub.add_parser("generate", help="sampling (not yet)").set_defaults(func=_not_yet("generate", "the sampler issue"))
     return parser
 
 

@@ -11,15 +11,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from harmoview.blocks import DiTBlock, Head
+from harmoview.blocks import DiTBlock, Head, TimeSegments
 from harmoview.config import DiTConfig
 from harmoview.mfi import MFIProjector, image_owners
 from harmoview.references import (
     VIDEO_OWNER,
     References,
     ReferenceTokens,
+    isolation_spans,
     reference_layout,
-    self_attention_mask,
 )
 from harmoview.rope import grid_positions, rope_angles
 
@@ -79,9 +79,7 @@ class HarmoViewDiT(nn.Module):
                 nn.init.normal_(p, std=self.config.dim**-0.5)
             elif p.ndim == 1:  # norm scales
                 nn.init.ones_(p)
-            elif name.startswith(
-                ("text_embedding.", "time_embedding.", "references.", "mfi.identity", "mfi.null")
-            ):
+            elif name.startswith(("text_embedding.", "time_embedding.", "references.", "mfi.identity", "mfi.null")):
                 nn.init.normal_(p, std=0.02)
             else:
                 nn.init.xavier_uniform_(p.view(p.shape[0], -1))
@@ -127,38 +125,41 @@ class HarmoViewDiT(nn.Module):
         rope = rope_angles(positions, c.head_dim, c.rope_theta, device=x.device)  # (L, d/2) x 2
 
         # 3. Time embedding; reference and sink tokens run at t = 0 (clean).
-        t_tokens = self._token_timesteps(timesteps, b, num_video, x.shape[1] - num_video)  # (B, 1 or L)
-        time_emb, time_mod = self._time_modulation(t_tokens)  # (B, 1|L, D), (B, 1|L, 6, D)
+        t_video = self._video_timesteps(timesteps, b, num_video)  # (B, 1 or Lv)
+        video_emb, video_mod = self._time_modulation(t_video)  # (B, 1|Lv, D), (B, 1|Lv, 6, D)
+        time_mod = TimeSegments([video_mod], [num_video])
+        if use_refs:
+            _, ref_mod = self._time_modulation(t_video.new_zeros(1, 1))  # (1, 1, 6, D)
+            time_mod = TimeSegments([video_mod, ref_mod], [num_video, x.shape[1] - num_video])
 
         # 4. Conditions: text tokens, MFI image tokens, masks.
         context = self.text_embedding(text)  # (B, Lt, D)
         image_context, image_mask = self._image_context(vit_features, references, owners)
-        self_mask = self_attention_mask(owners).to(x.device) if use_refs and c.isolate_identities else None
+        isolation = None
+        if use_refs and c.isolate_identities:
+            isolation = isolation_spans(c, references.num_identities, num_video)
 
         # 5. Transformer blocks.
         for block in self.blocks:
-            x = block(x, time_mod, context, rope, self_mask, image_context, image_mask)  # (B, L, D)
+            x = block(x, time_mod, context, rope, isolation, image_context, image_mask)  # (B, L, D)
 
         # 6. Head on the video tokens only, then unpatchify.
-        x = self.head(x[:, :num_video], time_emb[:, : min(time_emb.shape[1], num_video)])  # (B, Lv, p*C)
+        x = self.head(x[:, :num_video], video_emb)  # (B, Lv, p*C)
         return self._unpatchify(x, pf, ph, pw)  # (B, C_out, F, H, W)
 
     # ----------------------------------------------------------------------------------------------
-    def _token_timesteps(self, timesteps: torch.Tensor, b: int, num_video: int, num_ref: int) -> torch.Tensor:
-        """(B,) or (B, Lv) timesteps -> (B, 1) when shared by every token, else (B, Lv + Lr)."""
+    def _video_timesteps(self, timesteps: torch.Tensor, b: int, num_video: int) -> torch.Tensor:
+        """(B,) or (B, Lv) timesteps -> (B, 1) when shared by every video token, else (B, Lv)."""
         t = timesteps.reshape(b, -1) if timesteps.ndim == 2 else timesteps.reshape(b, 1)  # (B, 1 or Lv)
         if t.shape[1] not in (1, num_video):
             raise ValueError(f"timesteps {tuple(timesteps.shape)}: need (B,) or (B, {num_video})")
-        if num_ref == 0:
-            return t
-        t = t.expand(b, num_video)  # (B, Lv)
-        return torch.cat([t, t.new_zeros(b, num_ref)], dim=1)  # (B, L)
+        return t
 
     def _time_modulation(self, t_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Time embedding (B, T, D) and its 6-vector projection (B, T, 6, D), both float32.
 
-        Per-token timesteps take few distinct values (video t, reference 0), so the MLPs run on the
-        distinct values only and the results are gathered: O(#values) instead of O(L) matmuls.
+        Per-token timesteps (Wan2.2) take few distinct values, so the MLPs run on the distinct values
+        only and the results are gathered: O(#values) instead of O(L) matmuls.
         """
         values, inverse = torch.unique(t_tokens, return_inverse=True)  # (U,), (B, T)
         freq = timestep_embedding(values, self.config.freq_dim)  # (U, freq_dim)
@@ -176,16 +177,19 @@ class HarmoViewDiT(nn.Module):
         b, n, t, _ = vit_features.shape
         image_context = self.mfi(vit_features)  # (B, 1 + N*T, D)
         img_owner = image_owners(n, t).to(vit_features.device)  # (1 + N*T,)
+        if references is None:
+            return image_context, None
+        # Identities without a frontal view contribute no features; the null token is always visible.
+        # The mask is left out when nothing is hidden so that SDPA keeps its fused maskless kernels.
         mask = None
-        if references is not None:
-            # identities without a frontal view contribute no features; the null token is always visible
-            present = references.frontal_present.to(vit_features.device)  # (B, N)
+        present = references.frontal_present.to(vit_features.device)  # (B, N)
+        if not bool(present.all()):
             key_ok = torch.cat([present.new_ones(b, 1), present.repeat_interleave(t, dim=1)], dim=1)
             mask = key_ok[:, None, None, :]  # (B, 1, 1, Li)
-            if self.config.isolate_identities and self.references is not None:
-                q = owners.to(img_owner.device)[:, None]  # (L, 1)
-                iso = (q == VIDEO_OWNER) | (q == img_owner[None]) | (img_owner[None] == -3)  # (L, Li)
-                mask = mask & iso[None, None]  # (B, 1, L, Li)
+        if self.config.isolate_identities and self.references is not None:
+            q = owners.to(img_owner.device)[:, None]  # (L, 1)
+            iso = (q == VIDEO_OWNER) | (q == img_owner[None]) | (img_owner[None] == -3)  # (L, Li)
+            mask = iso[None, None] if mask is None else mask & iso[None, None]  # (1 or B, 1, L, Li)
         return image_context, mask
 
     def _unpatchify(self, x: torch.Tensor, pf: int, ph: int, pw: int) -> torch.Tensor:

@@ -92,9 +92,7 @@ class ReferenceTokens(nn.Module):
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
-        self.proxy_tokens = nn.Parameter(
-            torch.randn(len(VIEW_SLOTS), config.tokens_per_view, config.dim) * 0.02
-        )
+        self.proxy_tokens = nn.Parameter(torch.randn(len(VIEW_SLOTS), config.tokens_per_view, config.dim) * 0.02)
         self.sink_tokens = nn.Parameter(torch.randn(config.num_sink_tokens, config.dim) * 0.02)
 
     def forward(self, refs: References, patch_embedding: nn.Module) -> torch.Tensor:
@@ -109,12 +107,32 @@ class ReferenceTokens(nn.Module):
         return torch.cat([tokens.flatten(1, 3), sinks], dim=1)  # (B, N*S*P + K, D)
 
 
+@dataclass
+class IsolationSpans:
+    """Where each attention group of identity-isolated self-attention lies in the full sequence."""
+
+    num_video: int
+    identities: list[tuple[int, int]]
+    """[start, stop) of each identity's reference tokens."""
+    sinks: tuple[int, int]
+    """[start, stop) of the sink tokens (the end of the sequence)."""
+
+
+def isolation_spans(config: DiTConfig, num_identities: int, num_video: int) -> IsolationSpans:
+    """Spans of the layout [video | identity 0 | ... | identity N-1 | sinks]."""
+    per_identity = len(VIEW_SLOTS) * config.tokens_per_view
+    starts = [num_video + k * per_identity for k in range(num_identities)]
+    end = num_video + num_identities * per_identity
+    return IsolationSpans(num_video, [(s, s + per_identity) for s in starts], (end, end + config.num_sink_tokens))
+
+
 def self_attention_mask(owners: torch.Tensor) -> torch.Tensor:
-    """Identity-isolation mask over the full sequence, bool (1, 1, L, L), True = may attend.
+    """Identity-isolation rule as a bool mask (1, 1, L, L), True = may attend.
 
     Video tokens see everything. Identity k's reference tokens see only identity k's tokens and the
     sinks; sinks see only sinks. Reference tokens must not see the video either: the video sees all
     identities, so it would carry identity j's features into identity k's tokens in the next block.
+    The model computes the same thing without a mask (`blocks.isolated_attention`); this is the spec.
     """
     q, k = owners[:, None], owners[None, :]  # (L, 1), (1, L)
     allowed = (q == VIDEO_OWNER) | (q == k) | (k == SINK_OWNER)

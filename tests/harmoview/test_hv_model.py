@@ -176,3 +176,26 @@ def test_reference_validation_errors(tiny):
         model(video, t, text, refs)
     with pytest.raises(ValueError, match="timesteps"):
         model(video, torch.zeros(2, 5), text)
+
+
+def test_isolated_attention_equals_masked_attention(tiny):
+    from harmoview.blocks import attention, isolated_attention
+    from harmoview.references import VIDEO_OWNER, isolation_spans, reference_layout, self_attention_mask
+
+    layout = reference_layout(tiny, num_identities=3, num_video_frames=3)
+    owners = torch.cat([torch.full((48,), VIDEO_OWNER), layout.owners])
+    q, k, v = (torch.randn(2, owners.numel(), 2, 16) for _ in range(3))
+    masked = attention(q, k, v, self_attention_mask(owners))
+    pieces = isolated_attention(q, k, v, isolation_spans(tiny, 3, 48))
+    torch.testing.assert_close(pieces, masked, atol=1e-6, rtol=0)
+
+
+def test_reference_tokens_run_at_timestep_zero(tiny):
+    """Isolated reference tokens see neither the video nor its timestep: their states ignore both."""
+    model = pretrained_like(HarmoViewDiT(tiny.replace(isolate_identities=True)))
+    video, t, text = video_inputs(tiny)
+    refs = make_references(tiny, [[[True, False, True, False, False]]] * 2)
+    before = _reference_states(model, video, t, text, refs)
+    after = _reference_states(model, torch.randn_like(video), torch.tensor([10.0, 600.0]), text, refs)
+    torch.testing.assert_close(after[:, 48:], before[:, 48:], atol=1e-6, rtol=0)
+    assert (after[:, :48] - before[:, :48]).abs().max() > 1e-3
