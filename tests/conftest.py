@@ -24,3 +24,30 @@ def videos_dir() -> Path:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     return MODELS
+
+
+_BUILD_CHILD = """
+import json, sys
+from datakit import BuildConfig, build
+summary = build(BuildConfig(**json.loads(sys.argv[1])), progress=False)
+print(json.dumps(summary.to_dict()))
+"""
+
+
+def build_in_subprocess(**config) -> dict:
+    """Run :func:`datakit.build` in a fresh interpreter; returns the summary as a dict.
+
+    Each build gets its own local Ray, started and stopped with its process, so no Ray runtime lives
+    inside the pytest process (Ray's background threads outliving ``ray.shutdown`` have crashed it).
+    """
+    import json
+    import subprocess
+    import sys
+
+    args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in config.items()})
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD_CHILD, args], capture_output=True, text=True, timeout=900, cwd=ROOT
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

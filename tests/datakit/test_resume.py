@@ -11,10 +11,8 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from datakit import BuildConfig, build
-from tests.conftest import MODELS, VIDEOS
+from tests.conftest import MODELS, VIDEOS, build_in_subprocess
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +63,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     for name in SUBSET:
         os.symlink(VIDEOS / name, src / name)
     reference = tmp_path / "reference"
-    build(BuildConfig(src=src, out=reference, models_dir=MODELS, workers=2), progress=False)
-    ray.shutdown()
+    build_in_subprocess(src=src, out=reference, models_dir=MODELS, workers=2)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(

@@ -12,8 +12,7 @@ pytest.importorskip("insightface")
 def insightface_stack(models_dir):
     from datakit.faces import build_face_stack
 
-    return build_face_stack("insightface", models_dir=models_dir,
-                            insightface_pack=models_dir / "insightface_det_500m")
+    return build_face_stack("insightface", models_dir=models_dir, insightface_pack=models_dir / "insightface_det_500m")
 
 
 def test_det_only_pack_finds_both_faces(insightface_stack, still):

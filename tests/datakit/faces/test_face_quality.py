@@ -17,8 +17,7 @@ def test_quality_prefers_big_sharp_face_over_tiny_blurred_copy(default_stack, st
 
     factor = 0.15  # ~40 px face
     small_image = cv2.GaussianBlur(cv2.resize(image, None, fx=factor, fy=factor), (5, 5), 0)
-    small_face = Face(bbox=tuple(v * factor for v in face.bbox), det_score=face.det_score,
-                      yaw_deg=face.yaw_deg)
+    small_face = Face(bbox=tuple(v * factor for v in face.bbox), det_score=face.det_score, yaw_deg=face.yaw_deg)
     small_sharpness = sharpness(small_image, small_face.bbox)
     small = face_quality(small_face, small_sharpness, small_image.shape)
 
