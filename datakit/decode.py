@@ -68,6 +68,24 @@ def probe(path: str | Path) -> ProbeInfo:
 
 
 @dataclass(slots=True)
+class Frame:
+    """One decoded frame; pixels are converted only on request (most frames only feed the shot detector)."""
+
+    index: int  # decoded-frame counter from 0 (what a sequential reader such as OpenCV or decord gives)
+    t_s: float  # presentation time, seconds from the stream start
+    _frame: av.VideoFrame
+
+    def bgr(self) -> np.ndarray:
+        """Full-resolution ``(H, W, 3)`` uint8 BGR."""
+        return self._frame.to_ndarray(format="bgr24")
+
+    def thumbnail_bgr(self, width: int) -> np.ndarray:
+        """BGR scaled to ``width`` (aspect kept): swscale converts and scales in one pass."""
+        height = max(2, round(self._frame.height * width / max(self._frame.width, 1)))
+        return self._frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
+
+
+@dataclass(slots=True)
 class DecodeStats:
     """What happened while decoding one stream."""
 
@@ -77,14 +95,8 @@ class DecodeStats:
     errors: list[str] = field(default_factory=list)
 
 
-def iter_frames(
-    path: str | Path, fps: float, stats: DecodeStats, *, max_bad_packets: int = 25
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield ``(frame_index, t_s, frame_bgr)`` for every decodable frame, in order.
-
-    ``frame_index`` counts decoded frames from 0 (the index a sequential reader such as OpenCV or
-    decord gives); ``t_s`` is the presentation time when the container has one, else index / fps.
-    """
+def iter_frames(path: str | Path, fps: float, stats: DecodeStats, *, max_bad_packets: int = 25) -> Iterator[Frame]:
+    """Yield every decodable frame, in order; ``t_s`` is the presentation time, else index / fps."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -119,7 +131,7 @@ def iter_frames(
                     index = stats.num_frames
                     t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else index / fps
                     stats.num_frames += 1
-                    yield index, t_s, frame.to_ndarray(format="bgr24")
+                    yield Frame(index, t_s, frame)
         except av.error.FFmpegError as exc:  # a broken container (truncated file, bad atoms)
             stats.error = VideoError("decode", type(exc).__name__, str(exc))
     if stats.num_bad_packets and stats.error is None:

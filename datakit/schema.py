@@ -29,144 +29,166 @@ def _with_version(fields: list[pa.Field]) -> pa.Schema:
     return pa.schema([*fields, pa.field("pipeline_version", pa.string(), nullable=False)])
 
 
-VIDEOS = _with_version([
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("path", pa.string(), nullable=False),  # relative to the source root
-    pa.field("status", pa.string(), nullable=False),  # ok | no_faces | failed | duplicate
-    pa.field("duration_s", pa.float64()),
-    pa.field("fps", pa.float64()),
-    pa.field("width", pa.int32()),
-    pa.field("height", pa.int32()),
-    pa.field("codec", pa.string()),
-    pa.field("num_frames", pa.int64()),  # frames actually decoded
-    pa.field("size_bytes", pa.int64()),
-    pa.field("error", pa.string()),
-])
+VIDEOS = _with_version(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative to the source root
+        pa.field("status", pa.string(), nullable=False),  # ok | no_faces | failed | duplicate
+        pa.field("duration_s", pa.float64()),
+        pa.field("fps", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("num_frames", pa.int64()),  # frames actually decoded
+        pa.field("size_bytes", pa.int64()),
+        pa.field("error", pa.string()),
+    ]
+)
 
-CLIPS = _with_version([
-    pa.field("clip_id", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("start_s", pa.float64(), nullable=False),
-    pa.field("end_s", pa.float64(), nullable=False),
-    pa.field("start_frame", pa.int64(), nullable=False),
-    pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
-    pa.field("num_frames", pa.int64(), nullable=False),
-    pa.field("num_faces", pa.int32(), nullable=False),
-    pa.field("num_tracks", pa.int32(), nullable=False),
-    # Quality columns: filled by the quality stage (a later issue); null until then.
-    pa.field("aesthetic_score", pa.float32()),
-    pa.field("motion_score", pa.float32()),
-    pa.field("caption", pa.string()),
-    pa.field("caption_model", pa.string()),
-])
+CLIPS = _with_version(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("num_frames", pa.int64(), nullable=False),
+        pa.field("num_faces", pa.int32(), nullable=False),
+        pa.field("num_tracks", pa.int32(), nullable=False),
+        # Quality columns: filled by the quality stage (a later issue); null until then.
+        pa.field("aesthetic_score", pa.float32()),
+        pa.field("motion_score", pa.float32()),
+        pa.field("caption", pa.string()),
+        pa.field("caption_model", pa.string()),
+    ]
+)
 
 
 def faces_schema(dim: int) -> pa.Schema:
     """Schema of ``faces``; ``embedding`` is null for faces that were not embedded (bounded per track)."""
-    return _with_version([
-        pa.field("face_id", pa.string(), nullable=False),
-        pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("track_id", pa.string(), nullable=False),
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("frame_index", pa.int64(), nullable=False),
-        pa.field("t_s", pa.float64(), nullable=False),
-        pa.field("bbox", BBOX, nullable=False),
-        pa.field("landmarks", LANDMARKS),
-        pa.field("det_score", pa.float32(), nullable=False),
-        pa.field("face_px", pa.float32(), nullable=False),  # sqrt of the box area
-        pa.field("sharpness", pa.float32(), nullable=False),
-        pa.field("quality", pa.float32(), nullable=False),  # 0..1, see datakit.faces.quality
-        pa.field("yaw_deg", pa.float32()),
-        pa.field("pitch_deg", pa.float32()),
-        pa.field("roll_deg", pa.float32()),
-        pa.field("view", pa.string()),
-        pa.field("embedding", embedding_type(dim)),
-    ])
+    return _with_version(
+        [
+            pa.field("face_id", pa.string(), nullable=False),
+            pa.field("clip_id", pa.string(), nullable=False),
+            pa.field("track_id", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("frame_index", pa.int64(), nullable=False),
+            pa.field("t_s", pa.float64(), nullable=False),
+            pa.field("bbox", BBOX, nullable=False),
+            pa.field("landmarks", LANDMARKS),
+            pa.field("det_score", pa.float32(), nullable=False),
+            pa.field("face_px", pa.float32(), nullable=False),  # sqrt of the box area
+            pa.field("sharpness", pa.float32(), nullable=False),
+            pa.field("quality", pa.float32(), nullable=False),  # 0..1, see datakit.faces.quality
+            pa.field("yaw_deg", pa.float32()),
+            pa.field("pitch_deg", pa.float32()),
+            pa.field("roll_deg", pa.float32()),
+            pa.field("view", pa.string()),
+            pa.field("embedding", embedding_type(dim)),
+        ]
+    )
 
 
 def tracks_schema(dim: int) -> pa.Schema:
     """Schema of ``tracks``; ``identity_id`` is filled by the global identity pass."""
-    return _with_version([
-        pa.field("track_id", pa.string(), nullable=False),
-        pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("identity_id", pa.string()),
-        pa.field("start_s", pa.float64(), nullable=False),
-        pa.field("end_s", pa.float64(), nullable=False),
-        pa.field("num_faces", pa.int32(), nullable=False),
-        pa.field("num_embedded", pa.int32(), nullable=False),
-        pa.field("views", pa.list_(pa.string()), nullable=False),
-        pa.field("mean_quality", pa.float32(), nullable=False),
-        pa.field("embedding", embedding_type(dim)),  # null when no face could be embedded
-    ])
+    return _with_version(
+        [
+            pa.field("track_id", pa.string(), nullable=False),
+            pa.field("clip_id", pa.string(), nullable=False),
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("identity_id", pa.string()),
+            pa.field("start_s", pa.float64(), nullable=False),
+            pa.field("end_s", pa.float64(), nullable=False),
+            pa.field("num_faces", pa.int32(), nullable=False),
+            pa.field("num_embedded", pa.int32(), nullable=False),
+            pa.field("views", pa.list_(pa.string()), nullable=False),
+            pa.field("mean_quality", pa.float32(), nullable=False),
+            pa.field("embedding", embedding_type(dim)),  # null when no face could be embedded
+        ]
+    )
 
 
 def identities_schema(dim: int) -> pa.Schema:
     """Schema of ``identities``: one row per person found across the whole run."""
-    return _with_version([
-        pa.field("identity_id", pa.string(), nullable=False),
-        pa.field("num_tracks", pa.int32(), nullable=False),
-        pa.field("num_clips", pa.int32(), nullable=False),
-        pa.field("num_videos", pa.int32(), nullable=False),
-        pa.field("num_faces", pa.int32(), nullable=False),
-        pa.field("views", pa.list_(pa.string()), nullable=False),
-        pa.field("video_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("centroid", embedding_type(dim)),
-    ])
+    return _with_version(
+        [
+            pa.field("identity_id", pa.string(), nullable=False),
+            pa.field("num_tracks", pa.int32(), nullable=False),
+            pa.field("num_clips", pa.int32(), nullable=False),
+            pa.field("num_videos", pa.int32(), nullable=False),
+            pa.field("num_faces", pa.int32(), nullable=False),
+            pa.field("views", pa.list_(pa.string()), nullable=False),
+            pa.field("video_ids", pa.list_(pa.string()), nullable=False),
+            pa.field("centroid", embedding_type(dim)),
+        ]
+    )
 
 
 #: Candidate reference crops kept per video (internal stage table, read by the global passes).
-CROPS = pa.schema([
-    pa.field("face_id", pa.string(), nullable=False),
-    pa.field("crop", pa.binary(), nullable=False),  # JPEG, head crop (box grown 1.6x), long side <= 256 px
-    pa.field("crop_width", pa.int32(), nullable=False),
-    pa.field("crop_height", pa.int32(), nullable=False),
-])
+CROPS = pa.schema(
+    [
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("crop", pa.binary(), nullable=False),  # JPEG, head crop (box grown 1.6x), long side <= 256 px
+        pa.field("crop_width", pa.int32(), nullable=False),
+        pa.field("crop_height", pa.int32(), nullable=False),
+    ]
+)
 
-REFERENCE_VIEWS = _with_version([
-    pa.field("identity_id", pa.string(), nullable=False),
-    pa.field("view", pa.string(), nullable=False),
-    pa.field("rank", pa.int32(), nullable=False),  # 0 = best in this (identity, view)
-    pa.field("face_id", pa.string(), nullable=False),
-    pa.field("track_id", pa.string(), nullable=False),
-    pa.field("clip_id", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("frame_index", pa.int64(), nullable=False),
-    pa.field("t_s", pa.float64(), nullable=False),
-    pa.field("yaw_deg", pa.float32()),
-    pa.field("pitch_deg", pa.float32()),
-    pa.field("roll_deg", pa.float32()),
-    pa.field("quality", pa.float32(), nullable=False),
-    pa.field("crop", pa.binary(), nullable=False),
-])
+REFERENCE_VIEWS = _with_version(
+    [
+        pa.field("identity_id", pa.string(), nullable=False),
+        pa.field("view", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 0 = best in this (identity, view)
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("t_s", pa.float64(), nullable=False),
+        pa.field("yaw_deg", pa.float32()),
+        pa.field("pitch_deg", pa.float32()),
+        pa.field("roll_deg", pa.float32()),
+        pa.field("quality", pa.float32(), nullable=False),
+        pa.field("crop", pa.binary(), nullable=False),
+    ]
+)
 
-SAMPLE_REFERENCE = pa.struct([
-    pa.field("view", pa.string()),
-    pa.field("face_id", pa.string()),
-    pa.field("clip_id", pa.string()),
-    pa.field("same_clip", pa.bool_()),  # true only when no other clip could supply this view
-    pa.field("crop", pa.binary()),
-])
-SAMPLE_IDENTITY = pa.struct([
-    pa.field("identity_id", pa.string()),
-    pa.field("track_ids", pa.list_(pa.string())),
-    pa.field("references", pa.list_(SAMPLE_REFERENCE)),
-])
-SAMPLES = _with_version([
-    pa.field("sample_id", pa.string(), nullable=False),
-    pa.field("clip_id", pa.string(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("video_path", pa.string(), nullable=False),  # relative to the source root
-    pa.field("start_s", pa.float64(), nullable=False),
-    pa.field("end_s", pa.float64(), nullable=False),
-    pa.field("caption", pa.string()),
-    pa.field("identities", pa.list_(SAMPLE_IDENTITY), nullable=False),
-])
+SAMPLE_REFERENCE = pa.struct(
+    [
+        pa.field("view", pa.string()),
+        pa.field("face_id", pa.string()),
+        pa.field("clip_id", pa.string()),
+        pa.field("same_clip", pa.bool_()),  # true only when no other clip could supply this view
+        pa.field("crop", pa.binary()),
+    ]
+)
+SAMPLE_IDENTITY = pa.struct(
+    [
+        pa.field("identity_id", pa.string()),
+        pa.field("track_ids", pa.list_(pa.string())),
+        pa.field("references", pa.list_(SAMPLE_REFERENCE)),
+    ]
+)
+SAMPLES = _with_version(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("video_path", pa.string(), nullable=False),  # relative to the source root
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("identities", pa.list_(SAMPLE_IDENTITY), nullable=False),
+    ]
+)
 
-ERRORS = _with_version([
-    pa.field("stage", pa.string(), nullable=False),  # discover | probe | decode | faces | global ...
-    pa.field("item", pa.string(), nullable=False),  # the file (relative path) or id concerned
-    pa.field("video_id", pa.string()),
-    pa.field("error_type", pa.string(), nullable=False),
-    pa.field("message", pa.string(), nullable=False),
-])
+ERRORS = _with_version(
+    [
+        pa.field("stage", pa.string(), nullable=False),  # discover | probe | decode | faces | global ...
+        pa.field("item", pa.string(), nullable=False),  # the file (relative path) or id concerned
+        pa.field("video_id", pa.string()),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)

@@ -43,9 +43,13 @@ class ShotDetector:
         self._last_t = 0.0
 
     def push(self, index: int, t_s: float, frame_bgr: np.ndarray) -> bool:
-        """Score one frame; True when a cut was found at or before it (a new shot has started)."""
+        """Score one frame (ideally already ``SCORE_WIDTH`` wide); True when a new shot starts at it."""
         h, w = frame_bgr.shape[:2]
-        small = cv2.resize(frame_bgr, (SCORE_WIDTH, max(1, round(h * SCORE_WIDTH / w))), interpolation=cv2.INTER_AREA)
+        small = frame_bgr
+        if w > SCORE_WIDTH:
+            small = cv2.resize(
+                frame_bgr, (SCORE_WIDTH, max(1, round(h * SCORE_WIDTH / w))), interpolation=cv2.INTER_AREA
+            )
         self._times[index] = t_s
         self._last_index, self._last_t = index, t_s
         found = self._detector.process_frame(FrameTimecode(index, fps=self.fps), small)

@@ -24,7 +24,7 @@ from datakit.decode import DecodeStats, ProbeInfo, VideoError, iter_frames, prob
 from datakit.discover import SourceFile
 from datakit.faces import FaceStack
 from datakit.faces.quality import face_quality, head_crop_jpeg, sharpness
-from datakit.shots import ShotDetector, split_long
+from datakit.shots import SCORE_WIDTH, ShotDetector, split_long
 from datakit.tracking import IouTracker
 
 
@@ -127,9 +127,9 @@ def _scan(
         timer["decode"] += time.perf_counter() - t_dec
         if item is None:
             break
-        index, t_s, frame = item
+        index, t_s = item.index, item.t_s
         t_shot = time.perf_counter()
-        new_shot = shots.push(index, t_s, frame)
+        new_shot = shots.push(index, t_s, item.thumbnail_bgr(SCORE_WIDTH))
         timer["shots"] += time.perf_counter() - t_shot
         if new_shot:
             tracker.cut()
@@ -137,6 +137,9 @@ def _scan(
             continue
         next_sample_t = t_s + 1.0 / cfg.sample_fps
         num_sampled += 1
+        t_dec = time.perf_counter()
+        frame = item.bgr()
+        timer["decode"] += time.perf_counter() - t_dec
         _faces_in_frame(frame, index, t_s, stack, cfg, tracker, rows, keep, timer)
     timer["total"] = time.perf_counter() - t0
     if stats.error is not None:

@@ -86,5 +86,6 @@ def _dlib_stack(det_threshold: float | None, notes: list[str]) -> FaceStack:
         f"for the YuNet + FSA-Net stack {MODELS_DIR_HINT}",
     ]
     detector = HogDetector(det_threshold=0.5 if det_threshold is None else det_threshold)
-    return FaceStack(name="dlib-hog+dlib68+dlib", detector=detector, pose=Landmark68Pose(),
-                     embedder=DlibEmbedder(), notes=notes)
+    return FaceStack(
+        name="dlib-hog+dlib68+dlib", detector=detector, pose=Landmark68Pose(), embedder=DlibEmbedder(), notes=notes
+    )

@@ -38,8 +38,7 @@ class DlibEmbedder:
 
     def __init__(self) -> None:
         self._shape5 = dlib.shape_predictor(str(dlib_model_path("shape_predictor_5_face_landmarks.dat")))
-        self._net = dlib.face_recognition_model_v1(
-            str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")))
+        self._net = dlib.face_recognition_model_v1(str(dlib_model_path("dlib_face_recognition_resnet_model_v1.dat")))
 
     def chip(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray:
         """The aligned 150x150 RGB chip of one face."""

@@ -46,13 +46,15 @@ _PNP_MODEL = np.array([_MODEL_POINTS_MM[i] for i in _PNP_INDICES], np.float64)  
 
 def landmarks5_from_68(points68: np.ndarray) -> np.ndarray:
     """Our 5 points (right eye, left eye, nose tip, right and left mouth corner) from dlib's 68."""
-    return np.stack([
-        points68[36:42].mean(axis=0),  # subject's right eye (image left)
-        points68[42:48].mean(axis=0),  # subject's left eye
-        points68[30],  # nose tip
-        points68[48],  # subject's right mouth corner
-        points68[54],  # subject's left mouth corner
-    ]).astype(np.float32)
+    return np.stack(
+        [
+            points68[36:42].mean(axis=0),  # subject's right eye (image left)
+            points68[42:48].mean(axis=0),  # subject's left eye
+            points68[30],  # nose tip
+            points68[48],  # subject's right mouth corner
+            points68[54],  # subject's left mouth corner
+        ]
+    ).astype(np.float32)
 
 
 def pose_from_68(points68: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[float, float, float] | None:
@@ -68,8 +70,9 @@ def pose_from_68(points68: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[fl
     ok, rvec, tvec = cv2.solvePnP(_PNP_MODEL, image_points, camera, None, flags=cv2.SOLVEPNP_EPNP)
     if not ok:
         return None
-    ok, rvec, tvec = cv2.solvePnP(_PNP_MODEL, image_points, camera, None, rvec, tvec,
-                                  useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    ok, rvec, tvec = cv2.solvePnP(
+        _PNP_MODEL, image_points, camera, None, rvec, tvec, useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE
+    )
     if not ok:
         return None
     rotation, _ = cv2.Rodrigues(rvec)
@@ -107,12 +110,14 @@ class HogDetector:
         for rect, margin in zip(rects, margins, strict=True):
             shape = self._shape68(rgb, rect)
             points68 = np.array([(p.x, p.y) for p in shape.parts()], np.float32)  # (68, 2)
-            faces.append(Face(
-                bbox=(float(rect.left()), float(rect.top()), rect.right() + 1.0, rect.bottom() + 1.0),
-                det_score=1.0 / (1.0 + math.exp(-HOG_SCORE_SLOPE * margin)),
-                landmarks=landmarks5_from_68(points68),
-                extra={"landmarks68": points68},
-            ))
+            faces.append(
+                Face(
+                    bbox=(float(rect.left()), float(rect.top()), rect.right() + 1.0, rect.bottom() + 1.0),
+                    det_score=1.0 / (1.0 + math.exp(-HOG_SCORE_SLOPE * margin)),
+                    landmarks=landmarks5_from_68(points68),
+                    extra={"landmarks68": points68},
+                )
+            )
         faces.sort(key=lambda face: -face.det_score)
         return faces
 
@@ -130,8 +135,7 @@ class Landmark68Pose:
         points = face.extra.get("landmarks68")
         if points is None:
             if self._shape68 is None:
-                self._shape68 = dlib.shape_predictor(
-                    str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+                self._shape68 = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
             rgb = np.ascontiguousarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
             shape = self._shape68(rgb, to_dlib_rect(face.bbox))
             points = np.array([(p.x, p.y) for p in shape.parts()], np.float32)

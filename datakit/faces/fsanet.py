@@ -35,8 +35,9 @@ class FSANetPose:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # many actors share the CPU; a 64x64 net gains nothing from more
         options.inter_op_num_threads = 1
-        self._sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                          for path in model_paths]
+        self._sessions = [
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for path in model_paths
+        ]
         self._input_name = self._sessions[0].get_inputs()[0].name
         self.margin = margin
 

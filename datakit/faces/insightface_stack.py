@@ -89,8 +89,7 @@ class NoPose:
         """Nothing to do: yaw/pitch/roll stay None."""
 
 
-def build_insightface_stack(pack: str | Path | None, models_dir: Path | None,
-                            det_threshold: float | None) -> FaceStack:
+def build_insightface_stack(pack: str | Path | None, models_dir: Path | None, det_threshold: float | None) -> FaceStack:
     """A face stack from a local insightface pack; missing parts fall back to ours, with notes."""
     if pack is None:
         raise ModelNotFoundError(f"the insightface backend needs a model pack: {PACK_HINT}")
@@ -109,8 +108,9 @@ def build_insightface_stack(pack: str | Path | None, models_dir: Path | None,
         notes.append(f"insightface pack {pack_dir.name} has no recognition model: using the dlib embedder")
     pose = _pose_for(app, models_dir, notes)
     name = f"insightface:{pack_dir.name}+{pose.name}+{embedder.name.split(':')[-1]}"
-    return FaceStack(name=name, detector=InsightFaceDetector(app, pack_dir.name), pose=pose,
-                     embedder=embedder, notes=notes)
+    return FaceStack(
+        name=name, detector=InsightFaceDetector(app, pack_dir.name), pose=pose, embedder=embedder, notes=notes
+    )
 
 
 def _load_app(pack_dir: Path, det_threshold: float | None):
@@ -119,9 +119,13 @@ def _load_app(pack_dir: Path, det_threshold: float | None):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    app = FaceAnalysis(name=str(pack_dir), root=str(pack_dir.parent),
-                       allowed_modules=["detection", "recognition", "landmark_3d_68"],
-                       providers=["CPUExecutionProvider"], sess_options=options)
+    app = FaceAnalysis(
+        name=str(pack_dir),
+        root=str(pack_dir.parent),
+        allowed_modules=["detection", "recognition", "landmark_3d_68"],
+        providers=["CPUExecutionProvider"],
+        sess_options=options,
+    )
     app.prepare(ctx_id=-1, det_thresh=0.5 if det_threshold is None else det_threshold, det_size=(640, 640))
     return app
 
@@ -135,8 +139,10 @@ def _pose_for(app, models_dir: Path | None, notes: list[str]):
     try:
         paths = verified_model_files(models_dir, FSANET_FILES)
     except ModelNotFoundError as error:
-        notes.append(f"no pose model: the pack has no landmark_3d_68 and FSA-Net is unavailable ({error});"
-                     " yaw/pitch/roll and views are None")
+        notes.append(
+            f"no pose model: the pack has no landmark_3d_68 and FSA-Net is unavailable ({error});"
+            " yaw/pitch/roll and views are None"
+        )
         return NoPose()
     from datakit.faces.fsanet import FSANetPose
 

@@ -36,8 +36,7 @@ EDGE_PENALTY = 0.7
 
 def _clipped_box(bbox: tuple[float, float, float, float], width: int, height: int) -> tuple[int, ...]:
     x0, y0, x1, y1 = bbox
-    return (max(math.floor(x0), 0), max(math.floor(y0), 0), min(math.ceil(x1), width),
-            min(math.ceil(y1), height))
+    return (max(math.floor(x0), 0), max(math.floor(y0), 0), min(math.ceil(x1), width), min(math.ceil(y1), height))
 
 
 def sharpness(frame_bgr: np.ndarray, bbox: tuple[float, float, float, float]) -> float:
@@ -69,8 +68,9 @@ def face_quality(face: Face, sharpness: float, frame_shape: tuple[int, ...]) -> 
     return float(min(max(size * sharp * det * frontal * edge, 0.0), 1.0))
 
 
-def head_crop_jpeg(frame_bgr: np.ndarray, bbox: tuple[float, float, float, float], scale: float = 1.6,
-                   max_side: int = 256) -> tuple[bytes, int, int]:
+def head_crop_jpeg(
+    frame_bgr: np.ndarray, bbox: tuple[float, float, float, float], scale: float = 1.6, max_side: int = 256
+) -> tuple[bytes, int, int]:
     """The reference head crop: the box grown ``scale`` x around its centre, clipped to the frame, resized
     so its long side is at most ``max_side``, JPEG quality 90. Returns (jpeg bytes, width, height)."""
     height, width = frame_bgr.shape[:2]

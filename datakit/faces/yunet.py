@@ -24,15 +24,15 @@ class YuNetDetector:
     name = "yunet-2023mar"
     sees_profiles = True
 
-    def __init__(self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD,
-                 nms_threshold: float = 0.3) -> None:
+    def __init__(
+        self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD, nms_threshold: float = 0.3
+    ) -> None:
         self.score_threshold = score_threshold
         # OpenCV 5 warns on every create that its new graph engine ignores target selection: noise for users.
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
-            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold,
-                                                  nms_threshold, 5000)
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000)
         finally:
             cv2.utils.logging.setLogLevel(level)
         self._input_size: tuple[int, int] = (320, 320)
@@ -49,10 +49,12 @@ class YuNetDetector:
         faces = []
         for row in rows:  # (15,): x, y, w, h, 5 x (x, y), score
             x, y, w, h = (float(v) for v in row[:4])
-            faces.append(Face(
-                bbox=(x, y, x + w, y + h),
-                det_score=float(row[14]),
-                landmarks=row[4:14].reshape(5, 2).astype(np.float32),
-            ))
+            faces.append(
+                Face(
+                    bbox=(x, y, x + w, y + h),
+                    det_score=float(row[14]),
+                    landmarks=row[4:14].reshape(5, 2).astype(np.float32),
+                )
+            )
         faces.sort(key=lambda face: -face.det_score)
         return faces

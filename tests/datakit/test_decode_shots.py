@@ -12,8 +12,8 @@ from tests.conftest import STILLS, VIDEOS
 def _shots(name: str) -> tuple[list[Segment], DecodeStats]:
     info = probe(VIDEOS / name)
     stats, det = DecodeStats(), ShotDetector(info.fps)
-    for index, t_s, frame in iter_frames(VIDEOS / name, info.fps, stats):
-        det.push(index, t_s, frame)
+    for frame in iter_frames(VIDEOS / name, info.fps, stats):
+        det.push(frame.index, frame.t_s, frame.bgr() if frame.index % 2 else frame.thumbnail_bgr(160))
     return det.segments(), stats
 
 
