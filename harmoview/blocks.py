@@ -111,8 +111,9 @@ class CrossAttention(nn.Module):
         out = attention(q, k, v, None)  # (B, L, D); Wan pads text with zeros and uses no text mask
         if self.with_image and image_context is not None:
             k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)  # (B, Li, H, d)
-            v_img = self.v_img(image_context).unflatten(-1, heads)  # (B, Li, H, d)
-            out = out + self.gate_img * attention(q, k_img, v_img, image_mask)  # (B, L, D)
+            # gate * (attn @ v) == attn @ (gate * v): gating the Li values is cheaper than the L outputs
+            v_img = (self.v_img(image_context) * self.gate_img).unflatten(-1, heads)  # (B, Li, H, d)
+            out = out + attention(q, k_img, v_img, image_mask)  # (B, L, D)
         return self.o(out)  # (B, L, D)
 
 
