@@ -5,8 +5,8 @@
 Timing: all implementations (same weights, same seeded inputs) in one process, interleaved step by
 step; the minimum over rounds of process CPU time and of wall time is reported. Peak memory: one
 fresh subprocess per implementation, the growth of the resident set during one step (Linux
-/proc/self/status VmHWM, reset through /proc/self/clear_refs after a warm-up step), i.e.
-activations + gradients + workspace.
+/proc/self/status VmHWM, reset through /proc/self/clear_refs after a warm-up step, with glibc's mmap
+threshold fixed so that freed tensors leave the resident set), i.e. activations + gradients + workspace.
 
 Rows: `diffusers` (WanTransformer3DModel), `ours` (HarmoViewDiT, features off), `harmoview` (2
 identities x 3 of 5 views present, proxies in the other 2 slots, sinks, Jump-RoPE, MFI with 2 ViT
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -178,7 +179,11 @@ def time_side_by_side(config_name: str, rounds: int, threads: int) -> dict[str, 
 
 def _run_memory_worker(config_name: str, impl: str, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--memory-worker", config_name, impl, f"--threads={threads}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # A fixed mmap threshold makes glibc return every freed tensor to the OS at once, so the resident
+    # set follows live memory; with its default adaptive threshold freed blocks linger in the heap and
+    # the measured growth depends on what the process allocated before.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harmoview.config import DiTConfig
-from harmoview.references import IsolationSpans
+from harmoview.references import AttentionGroup, IsolationSpans
 from harmoview.rope import rope_apply
 
 
@@ -32,20 +32,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     return out.transpose(1, 2).flatten(2)  # (B, Lq, H*d)
 
 
-def isolated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spans: IsolationSpans) -> torch.Tensor:
-    """Attention under the identity-isolation rule (`references.self_attention_mask`), as maskless pieces.
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: list[AttentionGroup], key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention where each contiguous query span sees only its key spans (identity isolation).
 
-    An (L, L) mask would cost L^2 memory (1.2 GB at 35k tokens) and push SDPA off its fused kernels;
-    the groups are contiguous, so each is an ordinary attention call. q, k, v (B, L, H, d) -> (B, L, H*d).
+    Equal to one call with a block mask, but an (L, L) mask would cost L^2 memory (1.2 GB at 35k
+    tokens) and push SDPA off its fused kernels; here every group is an ordinary attention call.
+    q (B, Lq, H, d), k/v (B, Lk, H, d), key_mask bool (B, 1, 1, Lk) or None -> (B, Lq, H*d).
     """
-    s0, s1 = spans.sinks
-    k_sink, v_sink = k[:, s0:s1], v[:, s0:s1]  # (B, K, H, d)
-    outs = [attention(q[:, : spans.num_video], k, v, None)]  # video sees everything
-    for a, b in spans.identities:  # identity k sees itself and the sinks
-        outs.append(attention(q[:, a:b], torch.cat([k[:, a:b], k_sink], 1), torch.cat([v[:, a:b], v_sink], 1), None))
-    if s1 > s0:
-        outs.append(attention(q[:, s0:s1], k_sink, v_sink, None))  # sinks see only sinks
-    return torch.cat(outs, dim=1)  # (B, L, H*d)
+    outs = []
+    for q_span, k_spans in groups:
+        kk = torch.cat([k[:, span] for span in k_spans], dim=1)  # (B, Lg, H, d)
+        vv = torch.cat([v[:, span] for span in k_spans], dim=1)  # (B, Lg, H, d)
+        mask = None if key_mask is None else torch.cat([key_mask[..., span] for span in k_spans], dim=-1)
+        outs.append(attention(q[:, q_span], kk, vv, mask))
+    return torch.cat(outs, dim=1)  # (B, Lq, H*d)
 
 
 class SelfAttention(nn.Module):
@@ -62,14 +64,14 @@ class SelfAttention(nn.Module):
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], isolation: IsolationSpans | None = None
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], groups: list[AttentionGroup] | None = None
     ) -> torch.Tensor:
-        """x (B, L, D), rope = (cos, sin) each (L, d/2); `isolation` separates identities. -> (B, L, D)."""
+        """x (B, L, D), rope = (cos, sin) each (L, d/2); `groups` isolate identities. -> (B, L, D)."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
         v = self.v(x).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
         q, k = rope_apply(q, *rope), rope_apply(k, *rope)
-        out = attention(q, k, v, None) if isolation is None else isolated_attention(q, k, v, isolation)
+        out = attention(q, k, v, None) if groups is None else grouped_attention(q, k, v, groups, None)
         return self.o(out)  # (B, L, D)
 
 
@@ -102,8 +104,10 @@ class CrossAttention(nn.Module):
         context: torch.Tensor,
         image_context: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
+        image_groups: list[AttentionGroup] | None = None,
     ) -> torch.Tensor:
-        """x (B, L, D), context (B, Lt, D), image_context (B, Li, D), image_mask bool (B, 1, L or 1, Li)."""
+        """x (B, L, D), context (B, Lt, D), image_context (B, Li, D), image_mask bool (B, 1, 1, Li) hides
+        identities without a frontal view; `image_groups` isolate identities."""
         heads = (self.num_heads, -1)
         q = self.norm_q(self.q(x)).unflatten(-1, heads)  # (B, L, H, d)
         k = self.norm_k(self.k(context)).unflatten(-1, heads)  # (B, Lt, H, d)
@@ -113,7 +117,10 @@ class CrossAttention(nn.Module):
             k_img = self.norm_k_img(self.k_img(image_context)).unflatten(-1, heads)  # (B, Li, H, d)
             # gate * (attn @ v) == attn @ (gate * v): gating the Li values is cheaper than the L outputs
             v_img = (self.v_img(image_context) * self.gate_img).unflatten(-1, heads)  # (B, Li, H, d)
-            out = out + attention(q, k_img, v_img, image_mask)  # (B, L, D)
+            if image_groups is None:
+                out = out + attention(q, k_img, v_img, image_mask)  # (B, L, D)
+            else:
+                out = out + grouped_attention(q, k_img, v_img, image_groups, image_mask)  # (B, L, D)
         return self.o(out)  # (B, L, D)
 
 
@@ -167,15 +174,23 @@ class DiTBlock(nn.Module):
         image_context: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, L, D); time_mod: per segment (B, 1 or n, 6, D) float32; context (B, Lt, D). -> (B, L, D)."""
+        """x (B, L, D); time_mod: per segment (B, 1 or n, 6, D) float32; context (B, Lt, D). -> (B, L, D).
+
+        `isolation` (identity isolation on) splits self- and image attention into per-identity groups.
+        """
+        self_groups = image_groups = None
+        if isolation is not None:
+            self_groups = isolation.self_groups()
+            if image_context is not None:
+                image_groups = isolation.image_groups(image_context.shape[1])
         mods = [self.modulation.float() + m for m in time_mod.values]  # (B, 1 or n, 6, D) each
         seg = time_mod.apply
         # vector order (Wan): 0 shift, 1 scale, 2 gate (attention); 3 shift, 4 scale, 5 gate (FFN)
         h = seg(self.norm1(x).float(), lambda p, i: p * (1 + mods[i][:, :, 1]) + mods[i][:, :, 0])  # (B, L, D)
-        y = self.self_attn(h.type_as(x), rope, isolation).float()  # (B, L, D)
+        y = self.self_attn(h.type_as(x), rope, self_groups).float()  # (B, L, D)
         x = (x.float() + seg(y, lambda p, i: p * mods[i][:, :, 2])).type_as(x)
 
-        x = x + self.cross_attn(self.norm3(x), context, image_context, image_mask)  # no gate (Wan)
+        x = x + self.cross_attn(self.norm3(x), context, image_context, image_mask, image_groups)  # no gate (Wan)
 
         h = seg(self.norm2(x).float(), lambda p, i: p * (1 + mods[i][:, :, 4]) + mods[i][:, :, 3])  # (B, L, D)
         y = self.ffn(h.type_as(x)).float()  # (B, L, D)

@@ -44,12 +44,6 @@ class MFIProjector(nn.Module):
         return torch.cat([null, x.flatten(1, 2)], dim=1)  # (B, 1 + N*T, D)
 
 
-def image_owners(num_identities: int, tokens_per_identity: int) -> torch.Tensor:
-    """Owner id of each image-context token: -3 for the null token (everyone sees it), else identity."""
-    ids = torch.arange(num_identities).repeat_interleave(tokens_per_identity)
-    return torch.cat([torch.tensor([-3]), ids])
-
-
 class ViTFeatures(nn.Module):
     """A frozen open_clip vision tower returning its tokens at several depths, concatenated channel-wise."""
 

@@ -5,7 +5,6 @@ The model sees latents, timesteps and conditions only; noise schedules and losse
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -13,9 +12,8 @@ from torch import nn
 
 from harmoview.blocks import DiTBlock, Head, TimeSegments
 from harmoview.config import DiTConfig
-from harmoview.mfi import MFIProjector, image_owners
+from harmoview.mfi import MFIProjector
 from harmoview.references import (
-    VIDEO_OWNER,
     References,
     ReferenceTokens,
     isolation_spans,
@@ -105,23 +103,21 @@ class HarmoViewDiT(nn.Module):
         Returns (B, out_channels, F, H, W).
         """
         c = self.config
+        self._check_conditions(references, vit_features)
         b, _, f, h, w = video.shape
         pf, ph, pw = f // c.patch_size[0], h // c.patch_size[1], w // c.patch_size[2]
 
-        # 1. Patchify the video and lay out positions / attention owners.
+        # 1. Patchify the video and lay out rotary positions.
         x = self.patch_embedding(video).flatten(2).transpose(1, 2)  # (B, Lv, D)
         num_video = x.shape[1]
         positions = grid_positions(pf, ph, pw)  # (Lv, 3)
-        owners = torch.full((num_video,), VIDEO_OWNER)  # (Lv,)
 
         # 2. Append reference tokens (LPT fills absent slots) with Jump-RoPE positions.
-        use_refs = references is not None and self.references is not None
+        use_refs = references is not None
         if use_refs:
-            references.validate(c)
             layout = reference_layout(c, references.num_identities, pf)
             x = torch.cat([x, self.references(references, self.patch_embedding)], dim=1)  # (B, L, D)
             positions = torch.cat([positions, layout.positions])  # (L, 3)
-            owners = torch.cat([owners, layout.owners])  # (L,)
         rope = rope_angles(positions, c.head_dim, c.rope_theta, device=x.device)  # (L, d/2) x 2
 
         # 3. Time embedding; reference and sink tokens run at t = 0 (clean).
@@ -134,7 +130,7 @@ class HarmoViewDiT(nn.Module):
 
         # 4. Conditions: text tokens, MFI image tokens, masks.
         context = self.text_embedding(text)  # (B, Lt, D)
-        image_context, image_mask = self._image_context(vit_features, references, owners)
+        image_context, image_mask = self._image_context(vit_features, references)
         isolation = None
         if use_refs and c.isolate_identities:
             isolation = isolation_spans(c, references.num_identities, num_video)
@@ -148,6 +144,21 @@ class HarmoViewDiT(nn.Module):
         return self._unpatchify(x, pf, ph, pw)  # (B, C_out, F, H, W)
 
     # ----------------------------------------------------------------------------------------------
+    def _check_conditions(self, references: References | None, vit_features: torch.Tensor | None) -> None:
+        """Refuse conditions the model has no modules for, rather than ignoring them."""
+        if references is not None:
+            if self.references is None:
+                raise ValueError("references given, but the model was built with use_references=False")
+            references.validate(self.config)
+        if vit_features is not None:
+            if self.mfi is None:
+                raise ValueError("vit_features given, but the model was built with use_mfi=False")
+            expected = self.config.vit_dim * self.config.vit_num_levels
+            if vit_features.ndim != 4 or vit_features.shape[-1] != expected:
+                raise ValueError(f"vit_features {tuple(vit_features.shape)}: need (B, N, T, {expected})")
+            if references is not None and vit_features.shape[1] != references.num_identities:
+                raise ValueError("vit_features and references disagree on the number of identities")
+
     def _video_timesteps(self, timesteps: torch.Tensor, b: int, num_video: int) -> torch.Tensor:
         """(B,) or (B, Lv) timesteps -> (B, 1) when shared by every video token, else (B, Lv)."""
         t = timesteps.reshape(b, -1) if timesteps.ndim == 2 else timesteps.reshape(b, 1)  # (B, 1 or Lv)
@@ -169,28 +180,24 @@ class HarmoViewDiT(nn.Module):
         return emb[inverse], mod[inverse]  # (B, T, D), (B, T, 6, D)
 
     def _image_context(
-        self, vit_features: torch.Tensor | None, references: References | None, owners: torch.Tensor
+        self, vit_features: torch.Tensor | None, references: References | None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """MFI tokens (B, 1 + N*T, D) and their bool mask (B, 1, 1 or L, 1 + N*T), or (None, None)."""
-        if vit_features is None or self.mfi is None:
+        """MFI tokens (B, 1 + N*T, D) and their key mask (B, 1, 1, 1 + N*T) or None; (None, None) without MFI.
+
+        Identities without a frontal view contribute no features; the null token is always visible. The
+        mask is left out when nothing is hidden so that SDPA keeps its fused maskless kernels.
+        """
+        if vit_features is None:
             return None, None
-        b, n, t, _ = vit_features.shape
+        b, _, t, _ = vit_features.shape
         image_context = self.mfi(vit_features)  # (B, 1 + N*T, D)
-        img_owner = image_owners(n, t).to(vit_features.device)  # (1 + N*T,)
         if references is None:
             return image_context, None
-        # Identities without a frontal view contribute no features; the null token is always visible.
-        # The mask is left out when nothing is hidden so that SDPA keeps its fused maskless kernels.
-        mask = None
         present = references.frontal_present.to(vit_features.device)  # (B, N)
-        if not bool(present.all()):
-            key_ok = torch.cat([present.new_ones(b, 1), present.repeat_interleave(t, dim=1)], dim=1)
-            mask = key_ok[:, None, None, :]  # (B, 1, 1, Li)
-        if self.config.isolate_identities and self.references is not None:
-            q = owners.to(img_owner.device)[:, None]  # (L, 1)
-            iso = (q == VIDEO_OWNER) | (q == img_owner[None]) | (img_owner[None] == -3)  # (L, Li)
-            mask = iso[None, None] if mask is None else mask & iso[None, None]  # (1 or B, 1, L, Li)
-        return image_context, mask
+        if bool(present.all()):
+            return image_context, None
+        key_ok = torch.cat([present.new_ones(b, 1), present.repeat_interleave(t, dim=1)], dim=1)  # (B, Li)
+        return image_context, key_ok[:, None, None, :]  # (B, 1, 1, Li)
 
     def _unpatchify(self, x: torch.Tensor, pf: int, ph: int, pw: int) -> torch.Tensor:
         """(B, F'*H'*W', pt*ph*pw*C) -> (B, C, F'*pt, H'*ph, W'*pw)."""
@@ -204,14 +211,3 @@ class HarmoViewDiT(nn.Module):
         """Parameter count, optionally excluding the HarmoView modules."""
         params = self.named_parameters()
         return sum(p.numel() for n, p in params if not (backbone_only and is_harmoview_param(n)))
-
-
-def patch_grid(config: DiTConfig, video_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Token grid (F', H', W') of latents shaped (..., F, H, W)."""
-    f, h, w = video_shape[-3:]
-    return f // config.patch_size[0], h // config.patch_size[1], w // config.patch_size[2]
-
-
-def num_tokens(config: DiTConfig, video_shape: tuple[int, ...]) -> int:
-    """Video tokens of latents shaped (..., F, H, W)."""
-    return math.prod(patch_grid(config, video_shape))

@@ -107,15 +107,39 @@ class ReferenceTokens(nn.Module):
         return torch.cat([tokens.flatten(1, 3), sinks], dim=1)  # (B, N*S*P + K, D)
 
 
+AttentionGroup = tuple[slice, list[slice]]
+"""A contiguous span of queries and the key spans it may attend to."""
+
+
 @dataclass
 class IsolationSpans:
-    """Where each attention group of identity-isolated self-attention lies in the full sequence."""
+    """Where the video, each identity's reference tokens and the sinks lie in the full sequence.
+
+    The isolation rule (spelled out as a mask by `self_attention_mask`): video tokens see everything;
+    identity k's reference tokens see only identity k's tokens and the sinks; sinks see only sinks. In
+    image (MFI) attention identity k's tokens see the null token and identity k's ViT features only.
+    """
 
     num_video: int
     identities: list[tuple[int, int]]
     """[start, stop) of each identity's reference tokens."""
     sinks: tuple[int, int]
     """[start, stop) of the sink tokens (the end of the sequence)."""
+
+    def self_groups(self) -> list[AttentionGroup]:
+        sinks = slice(*self.sinks)
+        groups = [(slice(0, self.num_video), [slice(0, self.sinks[1])])]
+        groups += [(slice(a, b), [slice(a, b), sinks]) for a, b in self.identities]
+        return groups + ([(sinks, [sinks])] if self.sinks[1] > self.sinks[0] else [])
+
+    def image_groups(self, num_image_tokens: int) -> list[AttentionGroup]:
+        """Groups over the MFI context [null, identity 0's T tokens, ..., identity N-1's]."""
+        per_identity = (num_image_tokens - 1) // len(self.identities)
+        null = slice(0, 1)
+        groups = [(slice(0, self.num_video), [slice(0, num_image_tokens)])]
+        for k, (a, b) in enumerate(self.identities):
+            groups.append((slice(a, b), [null, slice(1 + k * per_identity, 1 + (k + 1) * per_identity)]))
+        return groups + ([(slice(*self.sinks), [null])] if self.sinks[1] > self.sinks[0] else [])
 
 
 def isolation_spans(config: DiTConfig, num_identities: int, num_video: int) -> IsolationSpans:
@@ -132,7 +156,7 @@ def self_attention_mask(owners: torch.Tensor) -> torch.Tensor:
     Video tokens see everything. Identity k's reference tokens see only identity k's tokens and the
     sinks; sinks see only sinks. Reference tokens must not see the video either: the video sees all
     identities, so it would carry identity j's features into identity k's tokens in the next block.
-    The model computes the same thing without a mask (`blocks.isolated_attention`); this is the spec.
+    The model computes the same thing without a mask (`blocks.grouped_attention`); this is the spec.
     """
     q, k = owners[:, None], owners[None, :]  # (L, 1), (1, L)
     allowed = (q == VIDEO_OWNER) | (q == k) | (k == SINK_OWNER)

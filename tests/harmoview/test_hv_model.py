@@ -176,18 +176,25 @@ def test_reference_validation_errors(tiny):
         model(video, t, text, refs)
     with pytest.raises(ValueError, match="timesteps"):
         model(video, torch.zeros(2, 5), text)
+    one = make_references(tiny, [[[True] * 5]] * 2)
+    with pytest.raises(ValueError, match="number of identities"):
+        model(video, t, text, one, vit_features(tiny, 2, 2))
+    with pytest.raises(ValueError, match="use_references=False"):  # never silently ignored
+        HarmoViewDiT(tiny.backbone_only())(video, t, text, one)
+    with pytest.raises(ValueError, match="use_mfi=False"):
+        HarmoViewDiT(tiny.backbone_only())(video, t, text, None, vit_features(tiny, 2, 1))
 
 
-def test_isolated_attention_equals_masked_attention(tiny):
-    from harmoview.blocks import attention, isolated_attention
+def test_grouped_attention_equals_masked_attention(tiny):
+    from harmoview.blocks import attention, grouped_attention
     from harmoview.references import VIDEO_OWNER, isolation_spans, reference_layout, self_attention_mask
 
     layout = reference_layout(tiny, num_identities=3, num_video_frames=3)
     owners = torch.cat([torch.full((48,), VIDEO_OWNER), layout.owners])
     q, k, v = (torch.randn(2, owners.numel(), 2, 16) for _ in range(3))
     masked = attention(q, k, v, self_attention_mask(owners))
-    pieces = isolated_attention(q, k, v, isolation_spans(tiny, 3, 48))
-    torch.testing.assert_close(pieces, masked, atol=1e-6, rtol=0)
+    groups = isolation_spans(tiny, 3, 48).self_groups()
+    torch.testing.assert_close(grouped_attention(q, k, v, groups, None), masked, atol=1e-6, rtol=0)
 
 
 def test_reference_tokens_run_at_timestep_zero(tiny):
