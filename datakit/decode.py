@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoError(Exception):
@@ -74,6 +75,7 @@ class Frame:
     index: int  # decoded-frame counter from 0 (what a sequential reader such as OpenCV or decord gives)
     t_s: float  # presentation time, seconds from the stream start
     _frame: av.VideoFrame
+    _scaler: VideoReformatter  # one per stream: building a swscale context per frame costs 10x the scaling
 
     def bgr(self) -> np.ndarray:
         """Full-resolution ``(H, W, 3)`` uint8 BGR."""
@@ -82,7 +84,9 @@ class Frame:
     def thumbnail_bgr(self, width: int) -> np.ndarray:
         """BGR scaled to ``width`` (aspect kept): swscale converts and scales in one pass."""
         height = max(2, round(self._frame.height * width / max(self._frame.width, 1)))
-        return self._frame.reformat(width=width, height=height, format="bgr24").to_ndarray()
+        return self._scaler.reformat(
+            self._frame, width=width, height=height, format="bgr24", interpolation="AREA"
+        ).to_ndarray()
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ def iter_frames(path: str | Path, fps: float, stats: DecodeStats, *, max_bad_pac
         time_base = stream.time_base or Fraction(1, 1)
         start_pts = stream.start_time or 0
         bad_in_row = 0
+        scaler = VideoReformatter()
         try:
             for packet in container.demux(stream):
                 try:
@@ -131,7 +136,7 @@ def iter_frames(path: str | Path, fps: float, stats: DecodeStats, *, max_bad_pac
                     index = stats.num_frames
                     t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else index / fps
                     stats.num_frames += 1
-                    yield Frame(index, t_s, frame)
+                    yield Frame(index, t_s, frame, scaler)
         except av.error.FFmpegError as exc:  # a broken container (truncated file, bad atoms)
             stats.error = VideoError("decode", type(exc).__name__, str(exc))
     if stats.num_bad_packets and stats.error is None:
