@@ -53,6 +53,7 @@ class SourceFile:
     video_id: str
     size_bytes: int
     kind: str  # "video", "image:<fmt>", "unknown", "empty", "unreadable"
+    problem: str = ""  # for "unreadable": why (the OS error)
 
 
 def sniff(head: bytes) -> str:
@@ -124,7 +125,9 @@ def discover(src: Path) -> list[SourceFile]:
                 if kind != "video" and not named_video:
                     continue
                 found.append(SourceFile(path, rel, content_id(path, size), size, kind))
-            except OSError:
+            except OSError as exc:
                 if named_video:
-                    found.append(SourceFile(path, rel, _path_id(rel), -1, "unreadable"))
+                    why = "broken symbolic link" if path.is_symlink() and not path.exists() else exc.strerror
+                    problem = f"{type(exc).__name__}: {why or exc}"
+                    found.append(SourceFile(path, rel, _path_id(rel), -1, "unreadable", problem))
     return found

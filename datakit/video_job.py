@@ -81,7 +81,7 @@ def process_video(src: SourceFile, stack: FaceStack, cfg: BuildConfig) -> VideoO
     if src.kind != "video":
         reason = {
             "empty": ("EmptyFile", "the file is empty (0 bytes)"),
-            "unreadable": ("PermissionError", "the file cannot be read"),
+            "unreadable": (src.problem.split(":")[0] or "OSError", f"the file cannot be read ({src.problem})"),
             "unknown": ("NotAVideo", "the file content is not a known video container"),
         }.get(src.kind, ("NotAVideo", f"the file content is an image ({src.kind.split(':')[-1]}), not a video"))
         exc = VideoError("discover", *reason)

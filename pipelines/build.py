@@ -70,6 +70,7 @@ class VideoWorker:
                 str(batch["video_id"][i]),
                 int(batch["size_bytes"][i]),
                 str(batch["kind"][i]),
+                str(batch["problem"][i]),
             )
             result = process_video(src, self.stack, self.cfg)
             summary = {
@@ -219,6 +220,7 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
             "video_id": s.video_id,
             "size_bytes": s.size_bytes,
             "kind": s.kind,
+            "problem": s.problem,
         }
         for s in todo
     ]

@@ -181,6 +181,7 @@ def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path):
     for bad in ("empty.mp4", "truncated.mp4", "notes.mp4", "still.mov", "dead_link.mp4"):
         assert videos[bad]["status"] == "failed", bad
         assert errors[bad]["message"] and errors[bad]["stage"] in {"discover", "probe", "decode"}, bad
+    assert "broken symbolic link" in errors["dead_link.mp4"]["message"]
     assert errors["still.mov"]["error_type"] == "NotAVideo" and "image" in errors["still.mov"]["message"]
     assert videos["corrupt_middle.mp4"]["status"] in {"partial", "failed"}
     assert "corrupt_middle.mp4" in errors

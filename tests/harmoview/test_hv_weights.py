@@ -108,3 +108,14 @@ def test_load_into_existing_model_keeps_parameter_objects(tiny):
     report = load_weights(model, to_layout(source, "diffusers"))
     assert report.ok and model.blocks[0].ffn[0].weight is weight
     torch.testing.assert_close(weight, source.blocks[0].ffn[0].weight)
+
+
+def test_native_names_agree_with_diffusers_own_wan_converter(tiny):
+    """diffusers converts real Wan checkpoints with its own rename table; ours must agree with it."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    model = HarmoViewDiT(tiny.backbone_only())
+    theirs = convert_wan_transformer_to_diffusers(dict(to_layout(model, "native")))
+    ours = to_layout(model, "diffusers")
+    assert sorted(theirs) == sorted(ours)
+    assert all(theirs[k] is ours[k] or torch.equal(theirs[k], ours[k]) for k in ours)
