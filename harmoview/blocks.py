@@ -63,14 +63,12 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], groups: list[AttentionGroup] | None = None
-    ) -> torch.Tensor:
-        """x (B, L, D), rope = (cos, sin) each (L, d/2); `groups` isolate identities. -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, groups: list[AttentionGroup] | None = None) -> torch.Tensor:
+        """x (B, L, D), rope (L, d/2) complex rotations; `groups` isolate identities. -> (B, L, D)."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
         v = self.v(x).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
-        q, k = rope_apply(q, *rope), rope_apply(k, *rope)
+        q, k = rope_apply(q, rope), rope_apply(k, rope)
         out = attention(q, k, v, None) if groups is None else grouped_attention(q, k, v, groups, None)
         return self.o(out)  # (B, L, D)
 
@@ -169,7 +167,7 @@ class DiTBlock(nn.Module):
         x: torch.Tensor,
         time_mod: TimeSegments,
         context: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         isolation: IsolationSpans | None = None,
         image_context: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,

@@ -118,7 +118,7 @@ class HarmoViewDiT(nn.Module):
             layout = reference_layout(c, references.num_identities, pf)
             x = torch.cat([x, self.references(references, self.patch_embedding)], dim=1)  # (B, L, D)
             positions = torch.cat([positions, layout.positions])  # (L, 3)
-        rope = rope_angles(positions, c.head_dim, c.rope_theta, device=x.device)  # (L, d/2) x 2
+        rope = rope_angles(positions, c.head_dim, c.rope_theta, device=x.device)  # (L, d/2) complex
 
         # 3. Time embedding; reference and sink tokens run at t = 0 (clean).
         t_video = self._video_timesteps(timesteps, b, num_video)  # (B, 1 or Lv)

@@ -59,18 +59,25 @@ def test_layout_places_sinks_after_last_identity(tiny):
 
 def test_angles_hand_computed():
     head_dim = 12  # split 4 / 4 / 4 -> pairs: t (2), h (2), w (2)
-    cos, sin = rope_angles(torch.tensor([[2, 3, 5]]), head_dim, theta=100.0)
+    rotations = rope_angles(torch.tensor([[2, 3, 5]]), head_dim, theta=100.0)
     # each axis: inv_freq = [1, 100**(-2/4)] = [1, 0.1]
     expected = [2.0, 0.2, 3.0, 0.3, 5.0, 0.5]
-    torch.testing.assert_close(cos[0], torch.tensor([math.cos(a) for a in expected]))
-    torch.testing.assert_close(sin[0], torch.tensor([math.sin(a) for a in expected]))
+    torch.testing.assert_close(rotations.real[0], torch.tensor([math.cos(a) for a in expected]))
+    torch.testing.assert_close(rotations.imag[0], torch.tensor([math.sin(a) for a in expected]))
 
 
-def test_rope_apply_is_complex_rotation():
+def test_rope_apply_rotates_channel_pairs():
     x = torch.randn(2, 6, 3, 12)  # (B, L, H, d)
-    cos, sin = rope_angles(grid_positions(1, 2, 3), 12)
-    expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.complex(cos, sin)[:, None])
-    torch.testing.assert_close(rope_apply(x, cos, sin), expected.flatten(-2))
-    # relative property: rotating by position 0 is the identity
-    cos0, sin0 = rope_angles(torch.zeros(6, 3, dtype=torch.long), 12)
-    torch.testing.assert_close(rope_apply(x, cos0, sin0), x)
+    rotations = rope_angles(grid_positions(1, 2, 3), 12)
+    cos, sin = rotations.real[:, None], rotations.imag[:, None]  # (L, 1, d/2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    torch.testing.assert_close(rope_apply(x, rotations), expected)
+    # rotating by position 0 is the identity; the dot product of two rotated vectors depends only on
+    # their relative position
+    torch.testing.assert_close(rope_apply(x, rope_angles(torch.zeros(6, 3, dtype=torch.long), 12)), x)
+    q, k = torch.randn(1, 1, 1, 12), torch.randn(1, 1, 1, 12)
+    t = 3
+    dot = [(rope_apply(q, rope_angles(torch.tensor([[t + s, 2, 1]]), 12)) *
+            rope_apply(k, rope_angles(torch.tensor([[s, 0, 0]]), 12))).sum() for s in (0, 7)]  # fmt: skip
+    torch.testing.assert_close(dot[0], dot[1], atol=1e-5, rtol=0)
