@@ -7,6 +7,7 @@ Layout (``<out>/``)::
     tracks/ identities/ reference_views/ samples/   written by the global pass (part-NNNNN.parquet)
     _stage/tracks/ _stage/crops/    per-video inputs of the global pass
     _done/<video_id>.json           completion marker, written last, after every file of the video
+    _attempts/<video_id>.json       how many workers started on the video (to give up on one that crashes)
 
 Every file is written to a temporary name and renamed into place, so a reader (or a resumed run)
 never sees half a file. A video counts as done only when its marker exists; a killed run re-does the
@@ -60,6 +61,17 @@ class RunDir:
         folder = self.root / "_done"
         return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
 
+    def count_attempt(self, video_id: str) -> int:
+        """Record that a worker starts on this video; returns how many times one has (this one included).
+
+        A video whose worker keeps dying (a native crash in a decoder or model) is seen again on every
+        retry and resume; the count lets the worker give up on it instead of crashing forever.
+        """
+        path = self.root / "_attempts" / f"{video_id}.json"
+        count = json.loads(path.read_text())["attempts"] + 1 if path.exists() else 1
+        write_json_atomic({"attempts": count}, path)
+        return count
+
     def write_video(self, video_id: str, tables: dict[str, pa.Table], summary: dict) -> None:
         """Write one video's tables, then its completion marker (the commit point)."""
         for name in PER_VIDEO_TABLES:
@@ -98,7 +110,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Delete every manifest, marker and record of this run (``--overwrite``)."""
-        names = {"run.json", "_done", "_stage", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
+        names = {"run.json", "_done", "_stage", "_attempts", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
         for name in names:
             path = self.root / name
             if path.is_dir():

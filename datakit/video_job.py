@@ -76,42 +76,39 @@ def _keep_top(heap: list, k: int, item: tuple) -> None:
 def process_video(src: SourceFile, stack: FaceStack, cfg: BuildConfig) -> VideoOutput:
     """Run every per-video step on one file; never raises for a bad file (errors become rows)."""
     dim = stack.embedder.dim
-    videos_row = {"video_id": src.video_id, "path": src.rel_path, "size_bytes": src.size_bytes}
-    errors: list[dict] = []
     if src.kind != "video":
         reason = {
             "empty": ("EmptyFile", "the file is empty (0 bytes)"),
             "unreadable": (src.problem.split(":")[0] or "OSError", f"the file cannot be read ({src.problem})"),
             "unknown": ("NotAVideo", "the file content is not a known video container"),
         }.get(src.kind, ("NotAVideo", f"the file content is an image ({src.kind.split(':')[-1]}), not a video"))
-        exc = VideoError("discover", *reason)
-    else:
-        exc = None
-        try:
-            info = probe(src.path)
-        except VideoError as err:
-            exc = err
-    if exc is not None:
-        errors.append(_error_row(exc, src))
-        return VideoOutput(
-            _tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors), "failed", {}
-        )
-    videos_row.update(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height, codec=info.codec)
+        return failed_output(src, dim, VideoError("discover", *reason))
     try:
-        return _scan(src, stack, cfg, info, videos_row, errors)
+        info = probe(src.path)
+    except VideoError as err:
+        return failed_output(src, dim, err)
+    videos_row = {
+        "video_id": src.video_id, "path": src.rel_path, "size_bytes": src.size_bytes, "duration_s": info.duration_s,
+        "fps": info.fps, "width": info.width, "height": info.height, "codec": info.codec,
+    }  # fmt: skip
+    try:
+        return _scan(src, stack, cfg, info, videos_row)
     except Exception as err:  # a file that breaks a library in a way we did not foresee: record, go on
         where = traceback.extract_tb(err.__traceback__)[-1]
         message = f"{err} (in {where.name}, {Path(where.filename).name}:{where.lineno})"
-        exc = VideoError("process", type(err).__name__, message)
-        errors.append(_error_row(exc, src))
-        return VideoOutput(
-            _tables(dim, {**videos_row, "status": "failed", "error": exc.message}, errors=errors), "failed", {}
-        )
+        return failed_output(src, dim, VideoError("process", type(err).__name__, message), videos_row)
 
 
-def _scan(
-    src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, videos_row: dict, errors: list[dict]
+def failed_output(
+    src: SourceFile, dim: int, error: VideoError, videos_row: dict | None = None, *, seconds: dict | None = None
 ) -> VideoOutput:
+    """The tables of a video that could not be used: a ``failed`` videos row and its error row."""
+    row = {"video_id": src.video_id, "path": src.rel_path, "size_bytes": src.size_bytes, **(videos_row or {})}
+    row.update(status="failed", error=error.message)
+    return VideoOutput(_tables(dim, row, errors=[_error_row(error, src)]), "failed", seconds or {})
+
+
+def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, videos_row: dict) -> VideoOutput:
     timer = defaultdict(float)
     stats = DecodeStats()
     shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
@@ -142,17 +139,10 @@ def _scan(
         timer["decode"] += time.perf_counter() - t_dec
         _faces_in_frame(frame, index, t_s, stack, cfg, tracker, rows, keep, timer)
     timer["total"] = time.perf_counter() - t0
-    if stats.error is not None:
-        errors.append(_error_row(stats.error, src))
     if stats.num_frames == 0:
-        msg = stats.error.message if stats.error else "no frame could be decoded"
-        return VideoOutput(
-            _tables(
-                stack.embedder.dim, {**videos_row, "status": "failed", "error": msg, "num_frames": 0}, errors=errors
-            ),
-            "failed",
-            dict(timer),
-        )
+        error = stats.error or VideoError("decode", "NoFrames", "no frame could be decoded")
+        return failed_output(src, stack.embedder.dim, error, {**videos_row, "num_frames": 0}, seconds=dict(timer))
+    errors = [_error_row(stats.error, src)] if stats.error else []
     t_emb = time.perf_counter()
     _embed(rows, keep, stack)
     timer["embed"] += time.perf_counter() - t_emb

@@ -20,13 +20,16 @@ from tqdm import tqdm
 
 from datakit import schema
 from datakit.config import BuildConfig
+from datakit.decode import VideoError
 from datakit.discover import SourceFile, discover
 from datakit.faces import FaceStack, build_face_stack
 from datakit.store import RunDir, write_json_atomic
+from datakit.video_job import VideoOutput, failed_output, process_video
 from pipelines.global_pass import run_global
 from pipelines.run_info import BuildSummary, run_record
 
 log = logging.getLogger("datakit")
+MAX_ATTEMPTS = 3  #: a video that killed this many workers is recorded as failed instead of tried again
 
 
 class RunConflictError(RuntimeError):
@@ -52,7 +55,6 @@ class VideoWorker:
         self.run = RunDir(self.cfg.out)
 
     def __call__(self, batch: dict) -> dict:
-        from datakit.video_job import process_video
 
         out: dict[str, list] = {
             "video_id": [],
@@ -72,7 +74,16 @@ class VideoWorker:
                 str(batch["kind"][i]),
                 str(batch["problem"][i]),
             )
-            result = process_video(src, self.stack, self.cfg)
+            if self.run.count_attempt(src.video_id) > MAX_ATTEMPTS:
+                crash = VideoError(
+                    "process",
+                    "WorkerCrash",
+                    f"a worker died on this file {MAX_ATTEMPTS} times "
+                    "(a crash inside a native decoder or model); the file is skipped",
+                )
+                result = failed_output(src, self.stack.embedder.dim, crash)
+            else:
+                result = self.process(src)
             summary = {
                 "video_id": src.video_id,
                 "path": src.rel_path,
@@ -86,6 +97,10 @@ class VideoWorker:
             for key in out:
                 out[key].append(summary[key] if key != "seconds" else json.dumps(summary["seconds"]))
         return out
+
+    def process(self, src: SourceFile) -> VideoOutput:
+        """All per-video steps on one file (the part a native crash can kill)."""
+        return process_video(src, self.stack, self.cfg)
 
 
 def _worker_class(cfg: BuildConfig) -> type[VideoWorker]:

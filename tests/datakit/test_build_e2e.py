@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -211,3 +212,47 @@ def test_insightface_backend_runs_end_to_end_with_the_detector_only_pack(tmp_pat
     assert per_video.get("single_face.mp4", 0) >= 4 and per_video.get("cisco_two_people.mp4", 0) >= 4
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["face_stack"]["detector"].startswith("insightface")
+
+
+_CRASHING_DRIVER = """
+import json, os, sys
+import pipelines.build as b
+from datakit import BuildConfig
+
+plain = b._worker_class
+
+
+def crashing(cfg):
+    class Crashing(plain(cfg)):  # defined in __main__: Ray ships it to the workers by value
+        def process(self, src):
+            if src.rel_path == "single_face.mp4":
+                os._exit(1)  # what a segfault in a native decoder looks like to Ray
+            return super().process(src)
+
+    return Crashing
+
+
+b._worker_class = crashing
+summary = b.build(BuildConfig(**json.loads(sys.argv[1])), progress=False)
+print(json.dumps(summary.to_dict()))
+"""
+
+
+def test_a_video_that_crashes_its_worker_is_recorded_and_the_run_finishes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("single_face.mp4", "cisco_two_people.mp4"):
+        os.symlink(VIDEOS / name, src / name)
+    config = json.dumps({"src": str(src), "out": str(tmp_path / "out"), "models_dir": str(MODELS), "workers": 1})
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_DRIVER, config],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    videos = {r["path"]: r["status"] for r in read(tmp_path / "out", "videos").to_pylist()}
+    assert videos == {"single_face.mp4": "failed", "cisco_two_people.mp4": "ok"}
+    errors = read(tmp_path / "out", "errors").to_pylist()
+    assert [e["error_type"] for e in errors] == ["WorkerCrash"]

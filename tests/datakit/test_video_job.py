@@ -47,3 +47,31 @@ def test_a_library_failure_inside_a_video_becomes_an_error_row(stack, monkeypatc
     error = out.tables["errors"].to_pylist()[0]
     assert error["error_type"] == "RuntimeError" and "detector exploded" in error["message"]
     assert out.tables["videos"]["status"].to_pylist() == ["failed"]
+
+
+def test_a_video_that_keeps_killing_workers_is_given_up(tmp_path):
+    import numpy as np
+
+    from datakit.store import RunDir
+    from pipelines.build import MAX_ATTEMPTS, _worker_class
+
+    src = _source("single_face.mp4")
+    worker = _worker_class(BuildConfig(src=VIDEOS, out=tmp_path, models_dir=MODELS))()
+    batch = {
+        k: np.array([v])
+        for k, v in {
+            "path": str(src.path),
+            "rel_path": src.rel_path,
+            "video_id": src.video_id,
+            "size_bytes": src.size_bytes,
+            "kind": src.kind,
+            "problem": "",
+        }.items()
+    }
+    run = RunDir(tmp_path)
+    for _ in range(MAX_ATTEMPTS):  # earlier workers started on it and died before writing anything
+        run.count_attempt(src.video_id)
+    out = worker(batch)
+    assert out["status"] == ["failed"] and src.video_id in run.done_ids()
+    error = run.read("errors").to_pylist()[0]
+    assert error["error_type"] == "WorkerCrash" and "skipped" in error["message"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_references, pretrained_like, video_inputs
+from hv_helpers import make_references, pretrained_like, video_inputs
 from safetensors.torch import save_file
 
 from harmoview import HarmoViewDiT, load_vit

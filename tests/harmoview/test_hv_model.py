@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_references, pretrained_like, video_inputs, vit_features
 from diffusers import WanTransformer3DModel
+from hv_helpers import make_references, pretrained_like, video_inputs, vit_features
 
 from harmoview import HarmoViewDiT, is_harmoview_param
 from harmoview.weights import diffusers_config, to_layout
