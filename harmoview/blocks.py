@@ -50,8 +50,8 @@ def grouped_attention(
     return torch.cat(outs, dim=1)  # (B, Lq, H*d)
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with qk RMSNorm (across heads, as Wan) and 3D rotary positions."""
+class _Projections(nn.Module):
+    """q/k/v/o projections with qk RMSNorm across heads (Wan), shared by both attention kinds."""
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
@@ -63,6 +63,10 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+
+class SelfAttention(_Projections):
+    """Self-attention with qk RMSNorm and 3D rotary positions."""
+
     def forward(self, x: torch.Tensor, rope: torch.Tensor, groups: list[AttentionGroup] | None = None) -> torch.Tensor:
         """x (B, L, D), rope (L, d/2) complex rotations; `groups` isolate identities. -> (B, L, D)."""
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, d)
@@ -73,7 +77,7 @@ class SelfAttention(nn.Module):
         return self.o(out)  # (B, L, D)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Cross-attention to text, plus (with MFI) a decoupled image cross-attention sharing the query.
 
     The image branch mirrors Wan's I2V layout (k_img, v_img, norm_k_img) and adds `gate_img`, a
@@ -81,14 +85,7 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, eps: float, with_image: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        super().__init__(dim, num_heads, eps)
         self.with_image = with_image
         if with_image:
             self.k_img = nn.Linear(dim, dim)
