@@ -100,7 +100,8 @@ def content_id(path: Path, size: int) -> str:
     return "v_" + h.hexdigest()[:16]
 
 
-def _path_id(rel_path: str) -> str:
+def path_id(rel_path: str) -> str:
+    """Id of a file known only by its path (unreadable, or a duplicate of another file's content)."""
     return "p_" + hashlib.sha256(rel_path.encode()).hexdigest()[:16]
 
 
@@ -129,5 +130,5 @@ def discover(src: Path) -> list[SourceFile]:
                 if named_video:
                     why = "broken symbolic link" if path.is_symlink() and not path.exists() else exc.strerror
                     problem = f"{type(exc).__name__}: {why or exc}"
-                    found.append(SourceFile(path, rel, _path_id(rel), -1, "unreadable", problem))
+                    found.append(SourceFile(path, rel, path_id(rel), -1, "unreadable", problem))
     return found

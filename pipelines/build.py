@@ -15,20 +15,20 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import ray
 from tqdm import tqdm
 
 from datakit import schema
 from datakit.config import BuildConfig
 from datakit.decode import VideoError
-from datakit.discover import SourceFile, discover
+from datakit.discover import SourceFile, discover, path_id
 from datakit.faces import FaceStack, build_face_stack
-from datakit.store import RunDir, write_json_atomic
+from datakit.store import RunDir, write_atomic, write_json_atomic
 from datakit.video_job import VideoOutput, failed_output, process_video
 from pipelines.global_pass import run_global
 from pipelines.run_info import BuildSummary, run_record
 
-log = logging.getLogger("datakit")
 MAX_ATTEMPTS = 3  #: a video that killed this many workers is recorded as failed instead of tried again
 
 
@@ -203,24 +203,25 @@ def _dedupe(sources: list[SourceFile]) -> tuple[list[SourceFile], list[SourceFil
 
 
 def _record_duplicates(run: RunDir, duplicates: list[SourceFile], unique: list[SourceFile]) -> None:
-    """Byte-identical copies get a videos row (status duplicate) pointing at the first copy's id."""
-    import pyarrow as pa
+    """Byte-identical copies get a ``duplicate`` videos row naming the copy that was processed.
 
-    first = {s.video_id: s.rel_path for s in unique}
+    The row's id is derived from the copy's path (like an unreadable file's), not its content, so
+    ``video_id`` stays unique in ``videos`` and joins on it never count a video twice.
+    """
+    first = {s.video_id: s for s in unique}
     for dup in duplicates:
-        tag = f"dup_{dup.video_id}_{abs(hash(dup.rel_path)) % 10**8:08d}"
+        kept = first[dup.video_id]
         row = {
-            "video_id": dup.video_id,
+            "video_id": path_id(dup.rel_path),
             "path": dup.rel_path,
             "status": "duplicate",
             "size_bytes": dup.size_bytes,
-            "error": f"same content as {first[dup.video_id]}",
+            "error": f"same content as {kept.rel_path} (video_id {kept.video_id})",
             "pipeline_version": schema.PIPELINE_VERSION,
         }
-        table = pa.Table.from_pylist([row], schema=schema.VIDEOS)
-        from datakit.store import write_atomic
-
-        write_atomic(table, run.root / "videos" / f"{tag}.parquet")
+        write_atomic(
+            pa.Table.from_pylist([row], schema=schema.VIDEOS), run.root / "videos" / f"{row['video_id']}.parquet"
+        )
 
 
 def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, total: int, already: int) -> dict:

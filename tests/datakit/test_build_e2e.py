@@ -164,6 +164,8 @@ def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path):
     src.mkdir()
     for name in ("cisco_two_people.mp4", "zhling_720p.mp4"):
         shutil.copy(VIDEOS / name, src / name)
+    (src / "copies").mkdir()
+    shutil.copy(VIDEOS / "zhling_720p.mp4", src / "copies" / "zhling_again.mp4")  # same bytes, another name
     data = (VIDEOS / "single_face.mp4").read_bytes()
     (src / "empty.mp4").write_bytes(b"")
     (src / "truncated.mp4").write_bytes(data[: len(data) // 3])
@@ -187,6 +189,10 @@ def test_bad_input_is_recorded_and_the_run_goes_on(tmp_path):
     assert videos["corrupt_middle.mp4"]["status"] in {"partial", "failed"}
     assert "corrupt_middle.mp4" in errors
     assert summary["videos"].get("failed", 0) >= 5
+    assert videos["copies/zhling_again.mp4"]["status"] == "duplicate"
+    assert videos["zhling_720p.mp4"]["video_id"] in videos["copies/zhling_again.mp4"]["error"]
+    ids = [v["video_id"] for v in videos.values()]
+    assert len(ids) == len(set(ids))  # joins on video_id never count a file twice
 
 
 def test_insightface_backend_runs_end_to_end_with_the_detector_only_pack(tmp_path):
