@@ -81,7 +81,11 @@ class BuildSummary:
 
     def format(self) -> str:
         """Human-readable summary for the end of ``datakit build``."""
-        status = ", ".join(f"{n} {s}" for s, n in sorted(self.videos.items()))
+        status = ", ".join(f"{n} {s}" for s, n in sorted(self.videos.items())) or "no video files found"
+        busiest = sorted(
+            ((k, v) for k, v in self.stage_seconds.items() if k not in ("total", "global") and v >= 0.05),
+            key=lambda kv: -kv[1],
+        )[:6]
         lines = [
             f"datakit build finished in {self.wall_s:.1f} s -> {self.out}",
             f"  face stack : {self.face_stack}",
@@ -93,6 +97,8 @@ class BuildSummary:
             f"reference views {self.num_reference_views}, samples {self.num_samples}",
             f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
         ]
+        if busiest:  # worker seconds summed over videos: where the time went
+            lines.append("  time       : " + ", ".join(f"{k} {v:.1f} s" for k, v in busiest))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
