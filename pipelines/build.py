@@ -184,10 +184,10 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     # Stage slot: captions (VLM) and clip quality scores run here, as a Ray Data map over `clips`
     # (a later issue); until then their columns stay null.
     t_global = time.perf_counter()
-    counts = run_global(run, cfg, stack, progress=progress)
+    global_seconds = run_global(run, cfg, stack)
     timings["global"] = time.perf_counter() - t_global
     summary = BuildSummary.from_run(
-        run, stack, counts, wall_s=time.time() - started, resumed=len(unique) - len(todo), stage_seconds=timings
+        run, stack, global_seconds, wall_s=time.time() - started, resumed=len(unique) - len(todo), stage_seconds=timings
     )
     write_json_atomic(run_record(cfg, stack, started, state="finished", summary=summary), run.root / "run.json")
     return summary

@@ -17,7 +17,7 @@ from datakit.samples import build_samples
 from datakit.store import RunDir
 
 
-def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack, *, progress: bool = True) -> dict[str, float]:
+def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
     """Link identities, pick references, emit samples; write the four global tables. Returns timings."""
     dim = stack.embedder.dim
     seconds: dict[str, float] = {}
