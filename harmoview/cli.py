@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from harmoview.config import PRESETS, get_config
 
@@ -25,6 +26,67 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes_help() -> str:
+    from harmoview.recipes import RECIPES
+
+    lines = ["recipes (the Progressive View Curriculum; each stage starts from the previous stage's --init OUT/final):"]
+    for name, make in RECIPES.items():
+        c = make()
+        refs = "no references" if not c.use_references else f"views {','.join(c.data.views)}"
+        lines.append(
+            f"  {name:16s} trains {c.trainable:9s} | {refs}, <= {c.data.max_identities} identities | "
+            f"dropout view {c.dropout.p_view} all-refs {c.dropout.p_all_refs} text {c.dropout.p_text} | "
+            f"buckets {c.buckets} | lr {c.lr:g}, {c.steps} steps"
+        )
+    return "\n".join(lines)
+
+
+def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoders (local folders; nothing is downloaded)")
+    g.add_argument("--wan-dir", type=Path, help="a diffusers Wan folder: takes its vae/, text_encoder/, tokenizer/")
+    g.add_argument("--vae", type=Path, help="AutoencoderKLWan folder (overrides --wan-dir)")
+    g.add_argument("--text-encoder", type=Path, help="UMT5EncoderModel folder (overrides --wan-dir)")
+    g.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the text encoder's)")
+    g.add_argument("--vit", type=Path, help="open_clip folder of the MFI ViT (none = MFI off for Wan inits)")
+    g.add_argument("--vit-layers", type=int, nargs="+", default=[-2], help="ViT depths MFI injects (default -2)")
+    g.add_argument("--text-len", type=int, default=512, help="text tokens (Wan: 512)")
+
+
+def encoder_paths(args: argparse.Namespace):
+    from harmoview.encoders import EncoderPaths
+
+    paths = EncoderPaths.from_wan_dir(args.wan_dir, vit=args.vit) if args.wan_dir else EncoderPaths(vit=args.vit)
+    for name in ("vae", "text_encoder", "tokenizer"):
+        if getattr(args, name) is not None:
+            setattr(paths, name, getattr(args, name))
+    return paths
+
+
+def _train(args: argparse.Namespace) -> int:
+    from harmoview.recipes import apply_overrides, get_recipe, read_overrides
+    from harmoview.train import TrainRun, train
+
+    config = get_recipe(args.recipe)
+    if args.config:
+        apply_overrides(config, read_overrides(args.config))
+    flags = {"steps": args.steps, "lr": args.lr, "buckets": args.buckets, "num_workers": args.num_workers,
+             "checkpoint_every": args.checkpoint_every, "seed": args.seed, "expert": args.expert,
+             "activation_checkpointing": args.activation_checkpointing or None}  # fmt: skip
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.batch_size is not None:
+        overrides["data"] = {"batch_size": args.batch_size}
+    apply_overrides(config, overrides)
+    run = TrainRun(
+        manifests=args.manifests, out=args.out, encoders=encoder_paths(args), init=args.init, preset=args.preset,
+        video_roots=args.video_root, cache=args.cache, text_len=args.text_len, vit_layers=tuple(args.vit_layers),
+        progress=not args.quiet,
+    )  # fmt: skip
+    summary = train(config, run)
+    if summary is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(summary.format())
+    return 0
+
+
 def _not_yet(name: str, issue: str):
     def run(args: argparse.Namespace) -> int:
         print(f"harmoview {name}: not yet implemented (arrives with {issue}).", file=sys.stderr)
@@ -39,15 +101,52 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a preset's config and parameter counts")
     info.add_argument("--preset", default="wan2.1-t2v-1.3b", choices=sorted(PRESETS))
     info.set_defaults(func=_info)
-    sub.add_parser("train", help="PVC training (not yet)").set_defaults(func=_not_yet("train", "the trainer issue"))
+    _train_parser(sub)
     sub.add_parser("generate", help="sampling (not yet)").set_defaults(func=_not_yet("generate", "the sampler issue"))
     return parser
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    from harmoview.recipes import BUCKETS, RECIPES
+
+    p = sub.add_parser(
+        "train", help="train one stage of the Progressive View Curriculum on datakit manifests",
+        description="Rectified-flow training of HarmoView on the `samples` of datakit runs. Resumes from the "
+        "latest checkpoint in --out automatically. Multi-GPU: torchrun --nproc_per_node N -m harmoview.cli train ...",
+        epilog=_recipes_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--recipe", required=True, choices=list(RECIPES), help="PVC stage (see below)")
+    p.add_argument("--manifests", type=Path, action="append", required=True, help="datakit run dir (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="output dir: checkpoints/, final/, metrics.jsonl")
+    p.add_argument("--init", type=Path, help="Wan checkpoint folder (native/diffusers) or a previous stage's out dir")
+    p.add_argument("--preset", help="random initial weights of this preset when --init is not given (e.g. tiny)")
+    p.add_argument(
+        "--video-root", type=Path, action="append", help="videos of each --manifests (default: run.json src)"
+    )
+    p.add_argument("--cache", type=Path, help="read encodings from this `harmoview cache` folder")
+    p.add_argument("--config", type=Path, help="JSON/TOML overrides of the recipe (e.g. {data: {batch_size: 2}})")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int, help="samples per rank and micro-batch")
+    p.add_argument("--buckets", choices=list(BUCKETS))
+    p.add_argument("--num-workers", type=int, help="data-loader processes per rank")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--expert", choices=["high", "low"], help="Wan2.2 A14B: train one expert (boundary t=875)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_encoder_flags(p)
+    p.set_defaults(func=_train)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `harmoview` console script."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # user errors: no traceback
+        print(f"harmoview {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -225,9 +225,10 @@ def build_model(
     return model, report
 
 
-def to_layout(model: HarmoViewDiT, layout: str) -> dict[str, torch.Tensor]:
-    """The model's state dict in `layout` ('native' or 'diffusers'); HarmoView keys keep our names."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+def to_layout(model: HarmoViewDiT | dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """A model's (or a native state dict's) tensors in `layout` ('native' or 'diffusers')."""
+    source = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().contiguous() for k, v in source.items()}
     if layout == NATIVE:
         return state
     if layout != DIFFUSERS:
@@ -254,14 +255,21 @@ def diffusers_config(config: DiTConfig) -> dict:
     }
 
 
-def save_checkpoint(model: HarmoViewDiT, directory: str | Path, layout: str = DIFFUSERS) -> Path:
-    """Write `diffusion_pytorch_model.safetensors`, a layout config.json and our `harmoview.json`."""
+def save_checkpoint(
+    model: HarmoViewDiT | dict[str, torch.Tensor], directory: str | Path, layout: str = DIFFUSERS,
+    config: DiTConfig | None = None,
+) -> Path:  # fmt: skip
+    """Write `diffusion_pytorch_model.safetensors`, a layout config.json and our `harmoview.json`.
+
+    `model` may be a native-layout state dict (e.g. gathered from FSDP), then `config` is required.
+    """
+    config = config or model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(to_layout(model, layout), str(directory / "diffusion_pytorch_model.safetensors"))
     if layout == DIFFUSERS:
-        (directory / "config.json").write_text(json.dumps(diffusers_config(model.config), indent=2))
-    (directory / "harmoview.json").write_text(model.config.to_json())
+        (directory / "config.json").write_text(json.dumps(diffusers_config(config), indent=2))
+    (directory / "harmoview.json").write_text(config.to_json())
     return directory
 
 
@@ -293,3 +301,15 @@ def from_pretrained(
     """Build a model from a checkpoint directory (either layout); `config` overrides the stored one."""
     model, report = build_model(config or read_config(directory), directory, **kwargs)
     return model, report
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The weights folder behind `path`: a previous training run's `final/`, a diffusers Wan pipeline's
+    `transformer/`, or `path` itself (a native Wan folder, an exported HarmoView model, a .safetensors file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"initial weights not found: {path} (set --init to a Wan or HarmoView folder)")
+    for sub in ("final", "transformer"):
+        if (path / sub).is_dir():
+            return path / sub
+    return path

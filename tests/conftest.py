@@ -51,3 +51,11 @@ def build_in_subprocess(**config) -> dict:
     if proc.returncode != 0:
         raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def shipped_run(tmp_path_factory: pytest.TempPathFactory, videos_dir: Path, models_dir: Path) -> Path:
+    """A ``datakit build`` run over the shipped footage (built once per session, ~20 s); its run directory."""
+    out = tmp_path_factory.mktemp("shipped") / "run"
+    build_in_subprocess(src=videos_dir, out=out, models_dir=models_dir, workers=2)
+    return out

@@ -35,7 +35,23 @@ def test_cli_info_prints_counts(capsys):
     assert "backbone 1,418,996,800" in out and '"dim": 1536' in out
 
 
-def test_cli_train_and_generate_say_not_yet(capsys):
-    assert main(["train"]) == 2
+def test_cli_generate_says_not_yet(capsys):
     assert main(["generate"]) == 2
     assert "not yet" in capsys.readouterr().err
+
+
+def test_cli_train_help_lists_the_four_stages(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for stage in ("pvc-stage1", "pvc-stage2", "pvc-stage2-lora", "pvc-stage3", "pvc-stage4"):
+        assert stage in out
+    assert "trains harmoview" in out and "trains lora" in out
+
+
+def test_cli_train_without_initial_weights_is_a_clear_error(tmp_path, shipped_run, capsys):
+    args = ["train", "--recipe", "pvc-stage1", "--manifests", str(shipped_run), "--out", str(tmp_path / "o")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--vae" in err or "--init" in err  # the first missing input is named with its flag

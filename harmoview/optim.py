@@ -1,0 +1,109 @@
+"""Optimisation pieces of the trainer: which parameters train, AdamW, the learning-rate warm-up, EMA."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harmoview.model import is_harmoview_param
+
+# Backbone linears that LoRA adapts (Wan's attention projections and FFN); the HarmoView modules
+# train fully instead, they start from scratch.
+LORA_TARGETS = r".*blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)|.*blocks\.\d+\.ffn\.(0|2)"
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float) -> None:
+    """Inject peft LoRA adapters into the backbone linears (in place, the model keeps its class)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS), model)
+
+
+def merge_lora(state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """A full state dict with LoRA folded in: W = W0 + (alpha / rank) * B @ A, under the plain names.
+
+    Works on a gathered (unsharded) state dict, so it serves FSDP runs as well as single processes.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        if ".base_layer." in key:
+            prefix, param = key.split(".base_layer.")
+            if param == "weight" and f"{prefix}.lora_A.default.weight" in state:
+                a = state[f"{prefix}.lora_A.default.weight"].float()  # (r, in)
+                b = state[f"{prefix}.lora_B.default.weight"].float()  # (out, r)
+                value = (value.float() + (alpha / rank) * (b @ a)).to(value.dtype)
+            key = f"{prefix}.{param}"
+        merged[key] = value
+    return merged
+
+
+def set_trainable(model: nn.Module, trainable: str) -> list[str]:
+    """Freeze or unfreeze parameters for 'harmoview', 'all' or 'lora'; returns the trainable names."""
+    names = []
+    for name, p in model.named_parameters():
+        if trainable == "all":
+            train = True
+        elif trainable == "lora":
+            train = "lora_" in name or is_harmoview_param(name)
+        else:
+            train = is_harmoview_param(name)
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    if not names:
+        raise ValueError(f"trainable={trainable!r} leaves nothing to train (does the model have HarmoView modules?)")
+    return names
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):
+    """AdamW over the trainable parameters; no weight decay on norms, biases, gates and learned tokens."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(("tokens", "token", "embedding")) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused or None)
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warm-up, then constant.
+
+    A pure function of the step, so a resumed run needs no scheduler state to continue exactly.
+    """
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters, kept in float32.
+
+    Works on FSDP2-sharded parameters too: each rank averages its own shard (DTensor arithmetic).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self, model: nn.Module) -> None:
+        """Exchange model weights and EMA weights (call twice to undo): export or preview with EMA."""
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                current = p.detach().float().clone()
+                p.copy_(self.shadow[name].to(p.dtype))
+                self.shadow[name].copy_(current)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            self.shadow[name].copy_(value)
