@@ -38,6 +38,7 @@ from harmoview.parallel import (
     barrier,
     init_distributed,
 )
+from harmoview.preview import render_preview
 from harmoview.recipes import TrainConfig
 from harmoview.weights import build_model, read_config, resolve_model_dir, save_checkpoint
 
@@ -126,6 +127,7 @@ class Trainer:
         self.step, self.position = 0, 0
         self.empty_text = self.encoders.encode_text([""])[0]  # (Lt, Dt)
         self.log = MetricsLog(run.out, enabled=self.dist.is_main)
+        self.preview_batch: dict | None = None  # previews follow the first sample this run draws
 
     # ----------------------------------------------------------------------------------------------
     def _build_model(self) -> HarmoViewDiT:
@@ -198,6 +200,8 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.2f}")
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 self._save()
+            if c.preview_every and self.step % c.preview_every == 0:
+                self._preview()
         bar.close()
         self.summary.steps = self.step
         self.summary.export = self._export()
@@ -209,6 +213,8 @@ class Trainer:
         sigma_range = expert_sigma_range(c.expert)
         for micro in range(c.grad_accum):
             batch = self._next_batch(batches)
+            if self.preview_batch is None:
+                self.preview_batch = batch
             refs_on = c.use_references and not c.dropout.drop_all_refs(generator(c.seed, self.step, micro, "refs"))
             mfi_on = refs_on and self.model.config.use_mfi and self.encoders.vit is not None
             enc = self._encode(batch, refs_on, mfi_on)
@@ -315,19 +321,44 @@ class Trainer:
         self.log.truncate(self.step)
         tqdm.write(f"resumed from {path} (step {self.step})")
 
+    def _preview(self) -> None:
+        """Euler preview of the first sample this run drew, with its conditions (EMA weights when on).
+
+        Every rank samples (FSDP forwards are collective); only the main rank decodes and writes.
+        """
+        c = self.config
+        refs_on = c.use_references
+        mfi_on = refs_on and self.model.config.use_mfi and self.encoders.vit is not None
+        enc = self._encode(self.preview_batch, refs_on, mfi_on)
+        if self.ema:
+            self.ema.swap(self.model)
+        try:
+            path = render_preview(
+                self.model, self.encoders, enc, out_dir=self.run_spec.out, step=self.step,
+                num_steps=c.preview_steps, shift=c.shift, seed=c.seed, fps=c.data.fps, references_on=refs_on,
+                mfi_on=mfi_on, autocast_dtype=torch.bfloat16 if self.bf16 else None, write=self.dist.is_main,
+            )  # fmt: skip
+        finally:
+            if self.ema:
+                self.ema.swap(self.model)
+        if self.dist.is_main:
+            tqdm.write(f"step {self.step}: preview {path}")
+
     def _export(self) -> Path | None:
         """Write the final weights (EMA when on, LoRA merged) as a model folder the next stage can --init."""
         if self.ema:
             self.ema.swap(self.model)
-        state = full_model_state(self.model)
-        if self.ema:
-            self.ema.swap(self.model)
-        if not self.dist.is_main:
-            barrier()
-            return None
-        if self.config.trainable == "lora":
-            state = merge_lora(state, self.config.lora_rank, self.config.lora_alpha)
-        path = save_checkpoint(state, self.run_spec.out / "final", config=self.model.config)
+        try:
+            # Saved while swapped: in one process the gathered state shares storage with the parameters.
+            state = full_model_state(self.model)  # collective under FSDP; rank 0 gets the tensors
+            path = None
+            if self.dist.is_main:
+                if self.config.trainable == "lora":
+                    state = merge_lora(state, self.config.lora_rank, self.config.lora_alpha)
+                path = save_checkpoint(state, self.run_spec.out / "final", config=self.model.config)
+        finally:
+            if self.ema:
+                self.ema.swap(self.model)
         barrier()
         return path
 
