@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,8 @@ def save_checkpoint(
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, "ema": ema.state_dict() if ema else {}}
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _single_process_ok():
+        dcp.save(state, checkpoint_id=str(tmp))
     torch.save(_rng_state(), tmp / f"rng_rank{dist_info.rank}.pt")
     if dist_info.is_main:
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2))
@@ -82,7 +85,8 @@ def load_checkpoint(
     """
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, "ema": ema.state_dict() if ema else {}}
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     if ema is not None:
         ema.load_state_dict(state["ema"])
@@ -102,6 +106,14 @@ def remove_incomplete(out: Path) -> None:
     """Delete `.tmp` checkpoints left by a run killed while writing."""
     for tmp in checkpoint_dir(out).glob(f"{_PREFIX}*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _single_process_ok():
+    """DCP warns that it "assumes" a single process when no process group exists; that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _prune(root: Path, keep: int) -> None:

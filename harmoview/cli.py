@@ -87,6 +87,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from harmoview.cache import build_cache
+    from harmoview.encoders import Encoders
+    from harmoview.parallel import init_distributed
+    from harmoview.recipes import get_recipe
+
+    dist = init_distributed()
+    data = get_recipe(args.recipe).use_buckets(args.buckets or get_recipe(args.recipe).buckets).data
+    import torch
+
+    # The trainer's dtypes (bf16 encoders on GPU, fp32 VAE), so that its cache key matches this cache.
+    dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
+    encoders = Encoders.load(
+        encoder_paths(args), device=dist.device, dtype=dtype, vae_dtype=torch.float32, text_len=args.text_len,
+        vit_layers=tuple(args.vit_layers),
+    )  # fmt: skip
+    data.ref_size = (args.ref_latent_size * encoders.spatial_stride,) * 2
+    summary = build_cache(
+        args.manifests, args.out, encoders, data, video_roots=args.video_root, rank=dist.rank,
+        world_size=dist.world_size, progress=not args.quiet,
+    )  # fmt: skip
+    print(summary.format())
+    return 0
+
+
+def _cache_parser(sub: argparse._SubParsersAction) -> None:
+    from harmoview.recipes import BUCKETS, RECIPES
+
+    p = sub.add_parser(
+        "cache", help="encode samples once (VAE latents, umT5 and ViT features) for faster training",
+        description="Writes <out>/<key>/ with one safetensors file per sample; <key> fingerprints the encoders and "
+        "buckets (one cache per bucket preset), so `harmoview train --cache OUT` reads it only when they match. "
+        "Resumable; shards over torchrun ranks.",
+    )  # fmt: skip
+    p.add_argument("--manifests", type=Path, action="append", required=True, help="datakit run dir (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="cache root folder")
+    p.add_argument("--recipe", default="pvc-stage4", choices=list(RECIPES), help="takes its buckets (default stage 4)")
+    p.add_argument("--buckets", choices=list(BUCKETS), help="bucket preset (overrides the recipe's)")
+    p.add_argument("--ref-latent-size", type=int, default=32, help="reference latent side (the model's ref_latent_hw)")
+    p.add_argument(
+        "--video-root", type=Path, action="append", help="videos of each --manifests (default: run.json src)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_encoder_flags(p)
+    p.set_defaults(func=_cache)
+
+
 def _not_yet(name: str, issue: str):
     def run(args: argparse.Namespace) -> int:
         print(f"harmoview {name}: not yet implemented (arrives with {issue}).", file=sys.stderr)
@@ -102,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--preset", default="wan2.1-t2v-1.3b", choices=sorted(PRESETS))
     info.set_defaults(func=_info)
     _train_parser(sub)
+    _cache_parser(sub)
     sub.add_parser("generate", help="sampling (not yet)").set_defaults(func=_not_yet("generate", "the sampler issue"))
     return parser
 

@@ -11,6 +11,7 @@ import hashlib
 import html
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,22 @@ def vae_strides(config: Mapping[str, Any]) -> tuple[int, int]:
         if declared is not None and int(declared) != derived:
             raise ValueError(f"VAE config declares {key}={declared} but its layout gives {derived}")
     return temporal, spatial
+
+
+@contextmanager
+def _quiet_loading():
+    """No per-tensor "Loading weights" bars from transformers/diffusers: the trainer has its own progress."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    libraries = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()
 
 
 def _require_dir(path: Path | None, what: str, flag: str, markers: Sequence[str], hint: str = "") -> Path:
@@ -157,14 +174,25 @@ class Encoders:
 
         vae_dtype: the VAE's dtype when it should differ from `dtype` (Wan runs its VAE in float32).
         """
-        from diffusers import AutoencoderKLWan
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
         device = torch.device(device)
         vae_dir = _require_dir(paths.vae, "VAE", "--vae", ("config.json",), _WAN_HINT)
         text_dir = _require_dir(paths.text_encoder, "text encoder", "--text-encoder", ("config.json",), _WAN_HINT)
         tok_dir = _require_dir(paths.tokenizer or text_dir, "tokenizer", "--tokenizer", _TOKENIZER_FILES, _WAN_HINT)
         vit_dir = None if paths.vit is None else _require_dir(paths.vit, "ViT", "--vit", ("open_clip_config.json",))
+
+        with _quiet_loading():
+            return cls._load_dirs(
+                paths, vae_dir, text_dir, tok_dir, vit_dir, device, dtype, text_len, vit_layers, vae_dtype
+            )
+
+    @classmethod
+    def _load_dirs(
+        cls, paths: EncoderPaths, vae_dir: Path, text_dir: Path, tok_dir: Path, vit_dir: Path | None,
+        device: torch.device, dtype: torch.dtype, text_len: int, vit_layers: Sequence[int],
+        vae_dtype: torch.dtype | None,
+    ) -> Encoders:  # fmt: skip
+        from diffusers import AutoencoderKLWan
+        from transformers import AutoTokenizer, UMT5EncoderModel
 
         # dtype through from_pretrained, not .to(): the libraries keep their float32-only modules in float32.
         vae = _frozen(

@@ -116,7 +116,7 @@ class Trainer:
         )
         self.encoders = Encoders.load(
             run.encoders, device=self.dist.device, dtype=torch.bfloat16 if self.bf16 else torch.float32,
-            text_len=run.text_len, vit_layers=run.vit_layers,
+            text_len=run.text_len, vit_layers=run.vit_layers, vae_dtype=torch.float32,  # Wan's VAE runs in fp32
         )  # fmt: skip
         self.model = self._build_model()
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None

@@ -34,14 +34,20 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines if line]
 
 
+def encoder_args(encoders: EncoderPaths) -> list[str]:
+    """The encoder flags of `harmoview train` / `harmoview cache` for the tiny encoders."""
+    return [
+        "--vae", str(encoders.vae), "--text-encoder", str(encoders.text_encoder),
+        "--tokenizer", str(encoders.tokenizer), "--vit", str(encoders.vit),
+        "--vit-layers", *map(str, TINY_VIT_LAYERS), "--text-len", str(TEXT_LEN),
+    ]  # fmt: skip
+
+
 def cli_args(recipe: str, manifests: Path, encoders: EncoderPaths, out: Path, init: Path, overrides: Path) -> list:
     """`harmoview train` arguments of a tiny run; `overrides` is a JSON file of recipe overrides."""
     return [
         "train", "--recipe", recipe, "--manifests", str(manifests), "--out", str(out), "--init", str(init),
-        "--vae", str(encoders.vae), "--text-encoder", str(encoders.text_encoder),
-        "--tokenizer", str(encoders.tokenizer), "--vit", str(encoders.vit),
-        "--vit-layers", *map(str, TINY_VIT_LAYERS), "--text-len", str(TEXT_LEN),
-        "--config", str(overrides), "--quiet",
+        *encoder_args(encoders), "--config", str(overrides), "--quiet",
     ]  # fmt: skip
 
 

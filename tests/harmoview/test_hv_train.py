@@ -22,6 +22,7 @@ from hv_train_helpers import (
     TEXT_LEN,
     TINY_VIT_LAYERS,
     cli_args,
+    encoder_args,
     losses,
     run_cli,
     tiny_config,
@@ -31,6 +32,7 @@ from hv_train_helpers import (
 
 from harmoview import from_pretrained, is_harmoview_param, read_state_dict
 from harmoview.cache import build_cache
+from harmoview.cli import main
 from harmoview.encoders import Encoders
 from harmoview.train import Trainer, train
 from tests.conftest import VIDEOS
@@ -124,6 +126,18 @@ def test_cache_and_on_the_fly_give_the_same_losses(shipped_run, tiny_encoders, t
     )
     assert fresh.cache is None and cached.cache is not None
     torch.testing.assert_close(losses(tmp_path / "a"), losses(tmp_path / "b"), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_cache_then_train_from_it(shipped_run, tiny_encoders, tiny_init, tmp_path, capsys):
+    encoder_flags = encoder_args(tiny_encoders)
+    cache = ["cache", "--manifests", str(shipped_run), "--out", str(tmp_path / "cache"), "--buckets", "tiny"]
+    assert main([*cache, "--ref-latent-size", "4", *encoder_flags, "--quiet"]) == 0
+    assert "15 samples encoded" in capsys.readouterr().out
+    overrides = write_overrides(tmp_path / "o.json", steps=2)
+    args = cli_args("pvc-stage1", shipped_run, tiny_encoders, tmp_path / "out", tiny_init, overrides)
+    assert main([*args, "--cache", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "encodings  : cache" in out and "trained steps 0..2" in out and "--init" in out
 
 
 def test_deleted_video_and_corrupted_crop_are_skipped_and_counted(shipped_run, tiny_encoders, tiny_init, tmp_path):
