@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import tempfile
@@ -104,6 +105,7 @@ class TimedTrainer(Trainer):
 
 def train_rate(args: argparse.Namespace, run: TrainRun, workers: int) -> dict:
     """Samples/s and time shares over steps warmup .. warmup+steps-1 (the last step saves a checkpoint: untimed)."""
+    run = dataclasses.replace(run, out=Path(tempfile.mkdtemp(dir=run.out)))  # a fresh run, not a resume
     with contextlib.redirect_stdout(io.StringIO()):  # the Trainer says which cache it reads
         trainer = TimedTrainer(train_config(args, args.warmup + args.steps + 1, workers), run)
         trainer.run()
@@ -126,17 +128,17 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> None:
 
         paths = write_tiny_encoders(tmp / "encoders")
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the Trainer's device and encoder dtype (cache key)
-    encoders = Encoders.load(
-        paths,
-        device=device,
-        dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        text_len=args.text_len,
-        vit_layers=args.vit_layers,
-    )
+    encoders = Encoders.load(paths, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                             text_len=args.text_len, vit_layers=args.vit_layers)  # fmt: skip
     config = train_config(args)
     ref_hw = get_config(args.preset).ref_latent_hw
     config.data.ref_size = (ref_hw[0] * encoders.spatial_stride, ref_hw[1] * encoders.spatial_stride)
     index = SampleIndex.open(args.manifests, config.data)
+    if args.loader_only:  # e.g. real buckets, whose encoding a CPU cannot afford
+        for workers in args.workers:
+            rate = best_of(args.repeats, partial(loader_rate, TrainDataset(index), workers, args.warmup, args.steps))
+            print(f"{index.summary()['buckets']}: loader alone, {workers} workers: {rate['samples']:.2f} samples/s")
+        return
     start = time.perf_counter()
     built = build_cache(args.manifests, tmp / "cache", encoders, config.data, progress=False)
     encode_rate = built.written / (time.perf_counter() - start)
@@ -153,19 +155,12 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> None:
     )
     steps = {}
     datasets = {"on the fly": TrainDataset(index), "cache": CachedDataset(index, folder)}
-    for i, (mode, dataset) in enumerate(datasets.items()):
+    for mode, dataset in datasets.items():
+        run = TrainRun(manifests=args.manifests, out=tmp, encoders=paths, preset=args.preset, text_len=args.text_len,
+                       cache=tmp / "cache" if mode == "cache" else None, vit_layers=tuple(args.vit_layers),
+                       progress=False)  # fmt: skip
         for workers in args.workers:
             loader = best_of(args.repeats, partial(loader_rate, dataset, workers, args.warmup, args.steps))["samples"]
-            run = TrainRun(
-                manifests=args.manifests,
-                out=tmp / f"train-{i}-{workers}",
-                encoders=paths,
-                preset=args.preset,
-                cache=tmp / "cache" if mode == "cache" else None,
-                text_len=args.text_len,
-                vit_layers=tuple(args.vit_layers),
-                progress=False,
-            )
             s = steps[mode, workers] = best_of(args.repeats, partial(train_rate, args, run, workers))
             print(
                 f"| {mode} | {workers} | {loader:.2f} | {s['samples']:.2f} | {loader / s['samples']:.1f}x | "
@@ -267,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vit-layers", type=int, nargs="+", default=[0, 1], help="ViT depths (tiny ViT: 0 1)")
     p.add_argument("--text-len", type=int, default=512, help="text tokens (Wan: 512)")
     p.add_argument("--preset", default="tiny", help="DiT preset, random weights")
+    p.add_argument("--loader-only", action="store_true", help="measure the loader alone (no cache, no training)")
     p.add_argument("--threads", type=int, help="torch threads of the main process (default: torch's)")
     g = p.add_argument_group("synthetic mode (the DiT step alone)")
     g.add_argument("--synthetic", action="store_true", help="time the DiT step on random latents, no data")

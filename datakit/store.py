@@ -29,6 +29,9 @@ PER_VIDEO_TABLES = ("videos", "clips", "faces", "errors")
 STAGE_TABLES = ("tracks", "crops")
 GLOBAL_TABLES = ("tracks", "identities", "reference_views", "samples")
 ROWS_PER_PART = 100_000
+# Tables that carry image bytes get small row groups: a trainer reading one sample's crops reads one
+# row group (a few MB), not a whole part of up to 100k rows (GBs of JPEGs).
+ROWS_PER_GROUP = {"samples": 256, "reference_views": 1024}
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -101,7 +104,10 @@ class RunDir:
         staging = self.root / f".{name}.{uuid.uuid4().hex[:8]}.new"
         staging.mkdir(parents=True)
         for i, start in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_PART)):
-            pq.write_table(table.slice(start, ROWS_PER_PART), staging / f"part-{i:05d}.parquet", compression="zstd")
+            part = table.slice(start, ROWS_PER_PART)
+            pq.write_table(
+                part, staging / f"part-{i:05d}.parquet", compression="zstd", row_group_size=ROWS_PER_GROUP.get(name)
+            )
         old = self.root / f".{name}.{uuid.uuid4().hex[:8]}.old"
         if final.exists():
             os.replace(final, old)

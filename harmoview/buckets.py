@@ -80,14 +80,21 @@ def choose_bucket(config: DataConfig, *, clip_frames: int, video_fps: float, wid
     return Bucket(num_frames=max(fitting), height=h, width=w)
 
 
-def window(start_frame: int, end_frame: int, num_frames: int, stride: float) -> list[int]:
-    """Source frame numbers of ``num_frames`` samples centred in the clip ``[start_frame, end_frame)``.
+def window(start_frame: int, end_frame: int, num_frames: int, stride: float, focus: int | None = None) -> list[int]:
+    """Source frame numbers of ``num_frames`` samples centred on ``focus`` (default: the clip's middle),
+    kept inside the clip ``[start_frame, end_frame)``.
+
+    The trainer passes the middle of the main subject's time on screen: a shot may outlast its person
+    (the foreman walks out of his clip), and a window at the clip's middle would then show no one.
 
     Positions are rounded from a fractional stride so the sampled rate is exactly ``fps`` on average
     (e.g. 25 fps -> 16 fps steps 1.5625 source frames), rather than a whole-frame stride that would
     play back too fast or too slow.
     """
-    first = start_frame + (end_frame - start_frame - span(num_frames, stride)) // 2
+    length = span(num_frames, stride)
+    first = start_frame + (end_frame - start_frame - length) // 2
+    if focus is not None:
+        first = min(max(focus - length // 2, start_frame), end_frame - length)
     return [first + _round(k * stride) for k in range(num_frames)]
 
 

@@ -50,6 +50,7 @@ _INDEX_COLUMNS = [
     "video_path",
     "caption",
     "identities.list.element.identity_id",
+    "identities.list.element.track_ids.list.element",
     "identities.list.element.references.list.element.view",
 ]
 
@@ -71,6 +72,7 @@ class SampleEntry:
     file: str  # samples Parquet file, row group and row: where the crops are read at load time
     row_group: int
     row: int
+    focus_frame: int | None = None  # middle of the main subject's tracks (source frame), None = clip middle
 
     @property
     def num_identities(self) -> int:
@@ -78,8 +80,8 @@ class SampleEntry:
 
     @property
     def frame_indices(self) -> list[int]:
-        """Source frame numbers of the ``bucket.num_frames`` frames, centred in the clip."""
-        return window(*self.clip_frames, self.bucket.num_frames, self.stride)
+        """Source frame numbers of the ``bucket.num_frames`` frames, centred on the main subject's time on screen."""
+        return window(*self.clip_frames, self.bucket.num_frames, self.stride, self.focus_frame)
 
 
 class SampleIndex:
@@ -162,6 +164,8 @@ def _index_run(
         raise ValueError(f"{run} has no samples table ({run}/samples/*.parquet): is it a `datakit build` run?")
     clips = _read_small(run / "clips", ["clip_id", "start_frame", "end_frame"])
     videos = _read_small(run / "videos", ["video_id", "fps", "width", "height"])
+    tracks = _read_small(run / "tracks", ["track_id", "start_s", "end_s"]).to_pydict()
+    spans = dict(zip(tracks["track_id"], zip(tracks["start_s"], tracks["end_s"], strict=True), strict=True))
     entries: list[SampleEntry] = []
     num_samples = 0
     # pyarrow.dataset finds the files (skipping hidden temporaries); ParquetFile reads them one row group
@@ -173,7 +177,7 @@ def _index_run(
             num_samples += table.num_rows
             meta = _join_metadata(table, clips, videos)
             for row, (sample, clip_video) in enumerate(zip(table.to_pylist(), meta, strict=True)):
-                entry = _make_entry(sample, clip_video, config, root, (run_index, file, group, row))
+                entry = _make_entry(sample, clip_video, config, root, (run_index, file, group, row), spans)
                 if isinstance(entry, str):
                     left_out[entry] += 1
                 else:
@@ -194,7 +198,9 @@ def _join_metadata(samples: pa.Table, clips: pa.Table, videos: pa.Table) -> list
     return joined.sort_by("_row").select(["start_frame", "end_frame", "fps", "width", "height"]).to_pylist()
 
 
-def _make_entry(sample: dict, meta: dict, config: DataConfig, root: Path, where: tuple) -> SampleEntry | str:
+def _make_entry(
+    sample: dict, meta: dict, config: DataConfig, root: Path, where: tuple, spans: dict[str, tuple[float, float]]
+) -> SampleEntry | str:
     """The entry of one sample row, or the reason it is left out."""
     if meta["start_frame"] is None:
         return "unknown_clip"
@@ -230,7 +236,17 @@ def _make_entry(sample: dict, meta: dict, config: DataConfig, root: Path, where:
         file=file,
         row_group=group,
         row=row,
+        focus_frame=_focus_frame(identities[kept[0]].get("track_ids") or [], spans, meta["fps"]),
     )
+
+
+def _focus_frame(track_ids: list[str], spans: dict[str, tuple[float, float]], fps: float) -> int | None:
+    """Source frame in the middle of the main subject's tracks (first appearance to last), None without any."""
+    known = [spans[t] for t in track_ids if t in spans]
+    if not known:
+        return None
+    middle_s = (min(start for start, _ in known) + max(end for _, end in known)) / 2
+    return round(middle_s * fps)
 
 
 @dataclass(slots=True)

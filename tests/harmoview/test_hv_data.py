@@ -93,6 +93,9 @@ def test_bucket_choice_and_centred_window() -> None:
     frames = window(100, 200, 5, 2.5)
     assert frames == [144, 147, 149, 152, 154] and len(range(frames[0], frames[-1] + 1)) == span(5, 2.5)
     assert window(0, 9, 5, 1.0) == [2, 3, 4, 5, 6]
+    assert window(100, 200, 5, 1.0, focus=120) == [118, 119, 120, 121, 122]  # on the subject
+    assert window(100, 200, 5, 1.0, focus=101) == [100, 101, 102, 103, 104]  # but inside the clip
+    assert window(100, 200, 5, 1.0, focus=500) == [195, 196, 197, 198, 199]
     with pytest.raises(ValueError, match="4k\\+1"):
         DataConfig(frame_counts=(16,))
     with pytest.raises(ValueError, match="require_views"):
@@ -157,6 +160,24 @@ def test_index_never_reads_the_crop_bytes(shipped_run: Path, monkeypatch: pytest
     assert not any(c == "identities" or c.endswith("crop") for c in read), read
     for entry in index.entries:
         assert not any(isinstance(getattr(entry, f), bytes | bytearray) for f in entry.__slots__)
+
+
+def test_window_follows_the_main_subject(index: SampleIndex, shipped_run: Path) -> None:
+    """foreman's second shot outlasts him: its window sits on his track, not at the shot's middle."""
+    second = [e for e in index.entries if e.video_path.name == "foreman_cif.mp4"][-1]
+    tracks = pq.read_table(shipped_run / "tracks", columns=["clip_id", "identity_id", "start_s", "end_s"]).to_pylist()
+    videos = pq.read_table(shipped_run / "videos", columns=["path", "fps"]).to_pylist()
+    fps = next(v["fps"] for v in videos if v["path"] == "foreman_cif.mp4")
+    clip_id = next(  # the clip whose frame range is this entry's
+        c["clip_id"]
+        for c in pq.read_table(shipped_run / "clips").to_pylist()
+        if c["start_frame"] == second.clip_frames[0] and c["end_frame"] == second.clip_frames[1]
+    )
+    his = [t for t in tracks if t["clip_id"] == clip_id and t["identity_id"] == second.identity_ids[0]]
+    first_s, last_s = min(t["start_s"] for t in his), max(t["end_s"] for t in his)
+    middle = second.frame_indices[len(second.frame_indices) // 2]
+    assert first_s * fps - 1 <= middle <= last_s * fps + 1, "the window misses the subject"
+    assert middle < sum(second.clip_frames) // 2 - 20  # well before the shot's middle, where he is gone
 
 
 # --- reading -------------------------------------------------------------------------------------------
