@@ -79,13 +79,12 @@ class TimedTrainer(Trainer):
     """The real Trainer with clocks: each step's start, and the time each step waits for batches and encodes."""
 
     def __init__(self, config, run: TrainRun) -> None:
+        self.clock: list[dict] = [{"start": 0.0, "wait": 0.0, "encode": 0.0, "samples": 0}]  # [0]: before step 0
         super().__init__(config, run)
-        self.clock: list[dict] = []
 
-    def _accumulate(self, batches) -> tuple[float, int]:
-        self.clock.append({"start": time.perf_counter(), "wait": 0.0, "encode": 0.0})
-        loss, self.clock[-1]["samples"] = super()._accumulate(batches)
-        return loss, self.clock[-1]["samples"]
+    def _accumulate(self, batches):
+        self.clock.append({"start": time.perf_counter(), "wait": 0.0, "encode": 0.0, "samples": 0})
+        return super()._accumulate(batches)
 
     def _timed(self, key: str, fn, *args):
         sync = torch.cuda.synchronize if self.dist.device.type == "cuda" else lambda: None
@@ -100,7 +99,9 @@ class TimedTrainer(Trainer):
         return self._timed("wait", super()._next_batch, batches)
 
     def _encode(self, batch: dict, refs_on: bool, mfi_on: bool):
-        return self._timed("encode", super()._encode, batch, refs_on, mfi_on)
+        enc = self._timed("encode", super()._encode, batch, refs_on, mfi_on)
+        self.clock[-1]["samples"] += len(enc.sample_ids)
+        return enc
 
 
 def train_rate(args: argparse.Namespace, run: TrainRun, workers: int) -> dict:
@@ -109,8 +110,8 @@ def train_rate(args: argparse.Namespace, run: TrainRun, workers: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):  # the Trainer says which cache it reads
         trainer = TimedTrainer(train_config(args, args.warmup + args.steps + 1, workers), run)
         trainer.run()
-    window = trainer.clock[args.warmup : args.warmup + args.steps]
-    elapsed = trainer.clock[args.warmup + args.steps]["start"] - window[0]["start"]
+    window = trainer.clock[1 + args.warmup : 1 + args.warmup + args.steps]
+    elapsed = trainer.clock[1 + args.warmup + args.steps]["start"] - window[0]["start"]
     return {key: sum(c[key] for c in window) / elapsed for key in ("samples", "wait", "encode")}
 
 

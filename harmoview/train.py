@@ -179,7 +179,7 @@ class Trainer:
             lr = warmup_lr(self.step, c.lr, c.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, num_samples = self._accumulate(batches)
+            loss, num_samples, seen = self._accumulate(batches)
             grad_norm = self._clip()
             finite = not all_reduce_any(not (math.isfinite(loss) and math.isfinite(grad_norm)), self.dist.device)
             if finite:
@@ -195,7 +195,9 @@ class Trainer:
             rate = (self.summary.samples_seen - seen_at_start) / max(time.perf_counter() - started, 1e-9)
             self.summary.final_loss, self.summary.samples_per_s = loss, rate
             if self.step % c.log_every == 0 or self.step == c.steps:
-                self.log.write(step=self.step, loss=loss, lr=lr, grad_norm=grad_norm, samples_per_s=rate, finite=finite)
+                self.log.write(
+                    step=self.step, loss=loss, lr=lr, grad_norm=grad_norm, samples_per_s=rate, finite=finite, **seen
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.2f}")
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
@@ -207,9 +209,13 @@ class Trainer:
         self.summary.export = self._export()
         return self.summary
 
-    def _accumulate(self, batches) -> tuple[float, int]:
-        """Forward and backward `grad_accum` micro-batches; returns the mean loss over ranks and samples used."""
-        c, total, num_samples = self.config, 0.0, 0
+    def _accumulate(self, batches) -> tuple[float, int, dict]:
+        """Forward and backward `grad_accum` micro-batches.
+
+        Returns the mean loss over ranks, the samples used, and what this rank's step saw (timestep range,
+        share of micro-batches with references) for the metrics.
+        """
+        c, total, num_samples, t_seen, refs_seen = self.config, 0.0, 0, [], 0
         sigma_range = expert_sigma_range(c.expert)
         for micro in range(c.grad_accum):
             batch = self._next_batch(batches)
@@ -231,7 +237,10 @@ class Trainer:
             total += loss.item() / c.grad_accum
             num_samples += len(enc.sample_ids)
             self.summary.text_dropped += inputs.num_text_dropped
-        return all_reduce_mean(total, self.dist.device), num_samples
+            t_seen += inputs.timesteps.tolist()
+            refs_seen += refs_on
+        seen = {"t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum}
+        return all_reduce_mean(total, self.dist.device), num_samples, seen
 
     def _encode(self, batch: dict, refs_on: bool, mfi_on: bool) -> EncodedBatch:
         if "encoded" in batch:  # read from the cache

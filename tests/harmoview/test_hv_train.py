@@ -34,6 +34,7 @@ from harmoview import from_pretrained, is_harmoview_param, read_state_dict
 from harmoview.cache import build_cache
 from harmoview.cli import main
 from harmoview.encoders import Encoders
+from harmoview.metrics import MetricsLog
 from harmoview.train import Trainer, train
 from tests.conftest import VIDEOS
 
@@ -186,6 +187,31 @@ def test_ema_weights_are_exported_and_previews_written(shipped_run, tiny_encoder
     for step in (2, 4):
         assert (tmp_path / "previews" / f"step_{step:08d}.mp4").stat().st_size > 0
         assert (tmp_path / "previews" / f"step_{step:08d}.png").exists()
+
+
+def test_activation_checkpointing_and_expert_range(shipped_run, tiny_encoders, tiny_init, tmp_path):
+    plain = train(tiny_config("pvc-stage3", steps=3), tiny_run(shipped_run, tiny_encoders, tmp_path / "a", tiny_init))
+    checkpointed = train(
+        tiny_config("pvc-stage3", steps=3, activation_checkpointing=True),
+        tiny_run(shipped_run, tiny_encoders, tmp_path / "b", tiny_init),
+    )
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # recomputation changes memory, not math
+    assert plain.final_loss == checkpointed.final_loss
+    for expert, inside in (("high", lambda t: t >= 875), ("low", lambda t: t < 875)):
+        train(
+            tiny_config("pvc-stage3", steps=4, expert=expert),
+            tiny_run(shipped_run, tiny_encoders, tmp_path / expert, tiny_init),
+        )
+        records = MetricsLog(tmp_path / expert, enabled=True).read()
+        assert all(inside(r["t_min"]) and inside(r["t_max"]) for r in records), (expert, records)
+
+
+def test_bf16_autocast_path_runs(shipped_run, tiny_encoders, tiny_init, tmp_path):
+    summary = train(
+        tiny_config("pvc-stage2", steps=2, mixed_precision="bf16"),
+        tiny_run(shipped_run, tiny_encoders, tmp_path, tiny_init),
+    )
+    assert summary.nonfinite_steps == 0 and math.isfinite(summary.final_loss)
 
 
 def test_non_finite_steps_are_skipped_and_counted(shipped_run, tiny_encoders, tiny_init, tmp_path):
