@@ -212,7 +212,7 @@ class Trainer:
     def _accumulate(self, batches) -> tuple[float, int, dict]:
         """Forward and backward `grad_accum` micro-batches.
 
-        Returns the mean loss over ranks, the samples used, and what this rank's step saw (timestep range,
+        Returns the mean loss over ranks, the samples used by all ranks, and what this rank's step saw (timestep range,
         share of micro-batches with references) for the metrics.
         """
         c, total, num_samples, t_seen, refs_seen = self.config, 0.0, 0, [], 0
@@ -240,6 +240,9 @@ class Trainer:
             t_seen += inputs.timesteps.tolist()
             refs_seen += refs_on
         seen = {"t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum}
+        # Loss averaged and samples counted over every rank (FSDP averages the gradients the same way).
+        world = self.dist.world_size
+        num_samples = round(all_reduce_mean(float(num_samples), self.dist.device) * world)
         return all_reduce_mean(total, self.dist.device), num_samples, seen
 
     def _encode(self, batch: dict, refs_on: bool, mfi_on: bool) -> EncodedBatch:

@@ -257,7 +257,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_loss_sequence(shipped_run, t
 def test_torchrun_fsdp2_matches_one_process_and_resumes_in_one(shipped_run, tiny_encoders, tiny_init, tmp_path):
     two = write_overrides(tmp_path / "two.json", steps=3, data={"batch_size": 1})
     one = write_overrides(tmp_path / "one.json", steps=3, data={"batch_size": 2})
-    run_cli(cli_args("pvc-stage2", shipped_run, tiny_encoders, tmp_path / "fsdp", tiny_init, two), torchrun=2)
+    fsdp = run_cli(cli_args("pvc-stage2", shipped_run, tiny_encoders, tmp_path / "fsdp", tiny_init, two), torchrun=2)
+    assert "(6 samples seen" in fsdp.stdout  # 3 steps x 2 ranks x 1 sample, counted over ranks
     run_cli(cli_args("pvc-stage2", shipped_run, tiny_encoders, tmp_path / "single", tiny_init, one))
     # Same global batch (2 samples), same samples per step, same per-sample noise: equal up to float
     # reduction order (gloo averages gradients in another order than one process sums them).
