@@ -1,60 +1,9 @@
-"""Optimisation pieces of the trainer: which parameters train, AdamW, the learning-rate warm-up, EMA."""
+"""Optimisation pieces of the trainer: AdamW, the learning-rate warm-up, EMA."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from harmoview.model import is_harmoview_param
-
-# Backbone linears that LoRA adapts (Wan's attention projections and FFN); the HarmoView modules
-# train fully instead, they start from scratch.
-LORA_TARGETS = r".*blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)|.*blocks\.\d+\.ffn\.(0|2)"
-
-
-def add_lora(model: nn.Module, rank: int, alpha: float) -> None:
-    """Inject peft LoRA adapters into the backbone linears (in place, the model keeps its class)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS), model)
-
-
-def merge_lora(state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """A full state dict with LoRA folded in: W = W0 + (alpha / rank) * B @ A, under the plain names.
-
-    Works on a gathered (unsharded) state dict, so it serves FSDP runs as well as single processes.
-    """
-    merged: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if ".lora_A." in key or ".lora_B." in key:
-            continue
-        if ".base_layer." in key:
-            prefix, param = key.split(".base_layer.")
-            if param == "weight" and f"{prefix}.lora_A.default.weight" in state:
-                a = state[f"{prefix}.lora_A.default.weight"].float()  # (r, in)
-                b = state[f"{prefix}.lora_B.default.weight"].float()  # (out, r)
-                value = (value.float() + (alpha / rank) * (b @ a)).to(value.dtype)
-            key = f"{prefix}.{param}"
-        merged[key] = value
-    return merged
-
-
-def set_trainable(model: nn.Module, trainable: str) -> list[str]:
-    """Freeze or unfreeze parameters for 'harmoview', 'all' or 'lora'; returns the trainable names."""
-    names = []
-    for name, p in model.named_parameters():
-        if trainable == "all":
-            train = True
-        elif trainable == "lora":
-            train = "lora_" in name or is_harmoview_param(name)
-        else:
-            train = is_harmoview_param(name)
-        p.requires_grad_(train)
-        if train:
-            names.append(name)
-    if not names:
-        raise ValueError(f"trainable={trainable!r} leaves nothing to train (does the model have HarmoView modules?)")
-    return names
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]):

@@ -22,25 +22,23 @@ from tqdm import tqdm
 from harmoview.cache import CachedDataset, find_cache
 from harmoview.checkpoint import full_model_state, latest_checkpoint, load_checkpoint, remove_incomplete
 from harmoview.checkpoint import save_checkpoint as save_training_checkpoint
-from harmoview.config import get_config
 from harmoview.data import SampleIndex, TrainDataset
 from harmoview.encoders import EncoderPaths, Encoders
 from harmoview.flow import expert_sigma_range, flow_loss
 from harmoview.inputs import EncodedBatch, encode_batch, generator, make_inputs
 from harmoview.metrics import MetricsLog
 from harmoview.model import HarmoViewDiT
-from harmoview.optim import EMA, add_lora, build_optimizer, merge_lora, set_trainable, warmup_lr
+from harmoview.optim import EMA, build_optimizer, warmup_lr
 from harmoview.parallel import (
     all_reduce_any,
     all_reduce_mean,
-    apply_activation_checkpointing,
-    apply_fsdp,
     barrier,
     init_distributed,
 )
 from harmoview.preview import render_preview
 from harmoview.recipes import TrainConfig
-from harmoview.weights import build_model, read_config, resolve_model_dir, save_checkpoint
+from harmoview.trainable import merge_lora, prepare_model
+from harmoview.weights import save_checkpoint
 
 
 @dataclass(kw_only=True)
@@ -131,17 +129,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     def _build_model(self) -> HarmoViewDiT:
-        c = self.config
-        model = load_initial_model(self.run_spec.init, self.run_spec.preset, self.encoders)
-        if c.trainable == "lora":
-            add_lora(model, c.lora_rank, c.lora_alpha)
-        set_trainable(model, c.trainable)
-        if c.activation_checkpointing:
-            apply_activation_checkpointing(model)
-        model.to(self.dist.device)
-        if self.dist.enabled:
-            apply_fsdp(model, bf16=self.bf16, device=self.dist.device)
-        return model
+        c, run = self.config, self.run_spec
+        return prepare_model(
+            run.init, run.preset, self.encoders, self.dist, trainable=c.trainable, lora_rank=c.lora_rank,
+            lora_alpha=c.lora_alpha, activation_checkpointing=c.activation_checkpointing, bf16=self.bf16,
+        )  # fmt: skip
 
     def _open_index(self) -> SampleIndex:
         data = self.config.data
@@ -373,31 +365,6 @@ class Trainer:
                 self.ema.swap(self.model)
         barrier()
         return path
-
-
-def load_initial_model(init: Path | None, preset: str | None, encoders: Encoders) -> HarmoViewDiT:
-    """The model a stage starts from: `init` weights, or a preset's random weights when `init` is None.
-
-    A Wan checkpoint has no HarmoView settings: its MFI is sized to the ViT given (or switched off
-    without one). The encoders must agree with the model (latent channels, text width, ViT width).
-    """
-    if init is None:
-        if preset is None:
-            raise ValueError("no initial weights: set --init WAN_OR_STAGE_DIR (or --preset NAME for random weights)")
-        config, directory = get_config(preset), None
-    else:
-        directory = resolve_model_dir(init)
-        config = read_config(directory if directory.is_dir() else directory.parent)
-        if not (directory / "harmoview.json").exists():
-            vit = encoders.vit is not None
-            config = config.replace(
-                use_mfi=vit, **({"vit_dim": encoders.vit_dim, "vit_num_levels": encoders.vit_num_levels} if vit else {})
-            )
-    encoders.check_model(config)
-    model, report = build_model(config, directory)
-    if report is not None and report.new:
-        tqdm.write(f"initialised {len(report.new)} new HarmoView tensors (not in {directory})")
-    return model
 
 
 def train(config: TrainConfig, run: TrainRun) -> TrainSummary:
