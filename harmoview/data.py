@@ -253,7 +253,7 @@ def _focus_frame(track_ids: list[str], spans: dict[str, tuple[float, float]], fp
 class LoadedSample:
     """The pixels of one sample."""
 
-    video: torch.Tensor  # (3, F, H, W) float32 in [-1, 1]
+    video: torch.Tensor  # (3, F, H, W) uint8 (to_unit_range converts on the training device)
     ref_pixels: torch.Tensor  # (N, S, 3, h, w) float32 in [-1, 1], zeros where absent
     ref_present: torch.Tensor  # (N, S) bool
     caption: str  # "" for a null caption
@@ -307,7 +307,8 @@ def collate(samples: list[LoadedSample], bucket: Bucket, ref_size: tuple[int, in
         ref_present[b, : s.ref_present.shape[0]] = s.ref_present
     video_shape = (0, 3, bucket.num_frames, bucket.height, bucket.width)
     return {
-        "video": torch.stack([s.video for s in samples]) if samples else torch.zeros(video_shape),  # (B, 3, F, H, W)
+        # (B, 3, F, H, W) uint8
+        "video": torch.stack([s.video for s in samples]) if samples else torch.zeros(video_shape, dtype=torch.uint8),
         "captions": [s.caption for s in samples],
         "ref_pixels": ref_pixels,
         "ref_present": ref_present,

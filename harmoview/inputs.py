@@ -19,6 +19,7 @@ from harmoview.dropout import ViewDropout
 from harmoview.encoders import Encoders
 from harmoview.flow import add_noise, sample_sigma, timesteps, velocity_target
 from harmoview.references import References
+from harmoview.video_io import to_unit_range
 
 
 @dataclass
@@ -72,7 +73,9 @@ def generator(*parts: object) -> torch.Generator:
 def encode_batch(batch: dict, encoders: Encoders, *, with_refs: bool, with_vit: bool) -> EncodedBatch:
     """Encode a pixel batch of `TrainDataset` on the encoders' device."""
     device = encoders.device
-    latents = encoders.encode_video(batch["video"].to(device))  # (B, C, f, h, w)
+    video = batch["video"].to(device)  # (B, 3, F, H, W) uint8 from the loader, or float in [-1, 1]
+    video = to_unit_range(video) if video.dtype == torch.uint8 else video
+    latents = encoders.encode_video(video)  # (B, C, f, h, w)
     text = encoders.encode_text(batch["captions"])  # (B, Lt, Dt)
     present = batch["ref_present"].to(device)  # (B, N, S)
     ref_latents = vit = None

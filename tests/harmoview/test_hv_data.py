@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from harmoview.buckets import Bucket, choose_bucket, span, window
 from harmoview.config import VIEW_SLOTS
 from harmoview.data import DataConfig, SampleIndex, SampleReader, TrainDataset
-from harmoview.video_io import SampleError, decode_crop, read_frames, resize_center_crop
+from harmoview.video_io import SampleError, decode_crop, read_frames, resize_center_crop, to_unit_range
 from tests.conftest import ROOT, VIDEOS
 
 TINY = {"frame_counts": (5,), "resolutions": ((32, 32), (32, 48)), "fps": 8.0, "ref_size": (32, 32)}
@@ -192,9 +192,10 @@ def test_frames_are_the_clip_source_frames(index: SampleIndex, name: str) -> Non
     assert np.array_equal(frames, expected)  # frame-accurate: the same source frames, bit for bit
     sample = SampleReader(index.config).load(entry)
     h, w = entry.bucket.height, entry.bucket.width
-    assert sample.video.shape == (3, 5, h, w) and sample.video.dtype == torch.float32
+    assert sample.video.shape == (3, 5, h, w) and sample.video.dtype == torch.uint8
     assert torch.equal(sample.video, resize_center_crop(expected, (h, w)))
-    assert sample.video.abs().max() <= 1.0 and sample.video.std() > 0.05  # in range, and not blank
+    unit = to_unit_range(sample.video)
+    assert unit.abs().max() <= 1.0 and unit.std() > 0.05  # in range, and not blank
 
 
 def test_pyav_fallback_reads_the_same_frames(
@@ -228,7 +229,8 @@ def test_resize_center_crop_keeps_the_middle() -> None:
     frames = np.zeros((2, 40, 100, 3), np.uint8)
     frames[:, :, 30:70] = 255  # a white band in the middle 40 columns
     out = resize_center_crop(frames, (20, 20))  # crop the central 40x40, then halve
-    assert out.shape == (3, 2, 20, 20) and torch.all(out == 1.0)
+    assert out.shape == (3, 2, 20, 20) and out.dtype == torch.uint8 and torch.all(out == 255)
+    assert torch.all(to_unit_range(out) == 1.0)
 
 
 # --- references ----------------------------------------------------------------------------------------
