@@ -8,7 +8,7 @@ Pipeline mode, on a datakit run (e.g. `datakit build --src ../shared/media/video
 Same machine and config, after --warmup batches or steps, for each W in --workers and with/without a
 `harmoview cache` (built first; its encode rate is printed): loader samples/s of
 `DataLoader(TrainDataset(index), batch_size=None, num_workers=W)` alone (or `CachedDataset`), and
-samples/s of the real `Trainer` (its step loop, untouched; clocks around its batch wait and encode).
+samples/s of the real `Trainer` (its own per-step metrics: step time, batch wait, encode time).
 ratio = loader / training: above 1 the loader outruns training. Encoders: --encoders DIR (a diffusers
 Wan folder plus vit/), else tiny random ones (harmoview.tiny). Each row is the best of --repeats.
 
@@ -22,8 +22,9 @@ trained; forward + backward + AdamW under bf16 autocast, without and with activa
 median step time, video tokens/s, MFU, peak torch.cuda.max_memory_allocated. FLOPs per step = 3 x
 forward, forward = layers x [2L(6D^2 + 2DF) + 4D^2(Lt + Li) + 4LD(L + Lt + Li)] (multiply-add = 2;
 L = video + reference tokens, Lt text, Li MFI tokens, D width, F FFN width; embeddings, MFI projector
-and head left out: within 1% of torch's FlopCounterMode); recomputation is not counted. MFU = FLOPs /
-step time / --peak-tflops per GPU (989: H100/H200 bf16 dense). `--device cpu --preset tiny` runs it on a CPU.
+and head left out: within 1% of torch's FlopCounterMode at Wan sizes); recomputation is not counted.
+MFU = FLOPs / step time / --peak-tflops per GPU (989: H100/H200 bf16 dense). `--device cpu --preset
+tiny` runs the same path on a CPU (a smoke test).
 """
 
 from __future__ import annotations
@@ -40,18 +41,18 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from transformers.utils import logging as transformers_logging
 
 from harmoview.cache import CachedDataset, build_cache, find_cache
 from harmoview.config import VIEW_SLOTS, get_config
 from harmoview.data import SampleIndex, TrainDataset
-from harmoview.encoders import EncoderPaths, Encoders
+from harmoview.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.flow import flow_loss
+from harmoview.metrics import MetricsLog
 from harmoview.optim import build_optimizer
-from harmoview.parallel import apply_activation_checkpointing, apply_fsdp
+from harmoview.parallel import apply_activation_checkpointing, apply_fsdp, resolve_bf16
 from harmoview.recipes import BUCKETS, RECIPES, apply_overrides, get_recipe
 from harmoview.references import References
-from harmoview.train import Trainer, TrainRun
+from harmoview.train import TrainRun, train
 from harmoview.weights import build_model
 
 
@@ -75,44 +76,19 @@ def loader_rate(dataset: TrainDataset, workers: int, warmup: int, batches: int) 
     return {"samples": num_samples / (time.perf_counter() - start)}
 
 
-class TimedTrainer(Trainer):
-    """The real Trainer with clocks: each step's start, and the time each step waits for batches and encodes."""
-
-    def __init__(self, config, run: TrainRun) -> None:
-        self.clock: list[dict] = [{"start": 0.0, "wait": 0.0, "encode": 0.0, "samples": 0}]  # [0]: before step 0
-        super().__init__(config, run)
-
-    def _accumulate(self, batches):
-        self.clock.append({"start": time.perf_counter(), "wait": 0.0, "encode": 0.0, "samples": 0})
-        return super()._accumulate(batches)
-
-    def _timed(self, key: str, fn, *args):
-        sync = torch.cuda.synchronize if self.dist.device.type == "cuda" else lambda: None
-        sync()
-        start = time.perf_counter()
-        out = fn(*args)
-        sync()
-        self.clock[-1][key] += time.perf_counter() - start
-        return out
-
-    def _next_batch(self, batches) -> dict:
-        return self._timed("wait", super()._next_batch, batches)
-
-    def _encode(self, batch: dict, refs_on: bool, mfi_on: bool):
-        enc = self._timed("encode", super()._encode, batch, refs_on, mfi_on)
-        self.clock[-1]["samples"] += len(enc.sample_ids)
-        return enc
-
-
 def train_rate(args: argparse.Namespace, run: TrainRun, workers: int) -> dict:
-    """Samples/s and time shares over steps warmup .. warmup+steps-1 (the last step saves a checkpoint: untimed)."""
+    """Samples/s and time shares over steps warmup+1 .. warmup+steps, from the trainer's own per-step metrics
+    (`step_s`, `data_wait_s`, `encode_s`); the last step, which saves a checkpoint, is not in the window."""
     run = dataclasses.replace(run, out=Path(tempfile.mkdtemp(dir=run.out)))  # a fresh run, not a resume
     with contextlib.redirect_stdout(io.StringIO()):  # the Trainer says which cache it reads
-        trainer = TimedTrainer(train_config(args, args.warmup + args.steps + 1, workers), run)
-        trainer.run()
-    window = trainer.clock[1 + args.warmup : 1 + args.warmup + args.steps]
-    elapsed = trainer.clock[1 + args.warmup + args.steps]["start"] - window[0]["start"]
-    return {key: sum(c[key] for c in window) / elapsed for key in ("samples", "wait", "encode")}
+        train(train_config(args, args.warmup + args.steps + 1, workers), run)
+    window = MetricsLog(run.out, enabled=True).read()[args.warmup : args.warmup + args.steps]
+    elapsed = sum(r["step_s"] for r in window)
+    return {
+        "samples": sum(r["samples"] for r in window) / elapsed,
+        "wait": sum(r["data_wait_s"] for r in window) / elapsed,
+        "encode": sum(r["encode_s"] for r in window) / elapsed,
+    }
 
 
 def best_of(repeats: int, measure) -> dict:
@@ -121,16 +97,17 @@ def best_of(repeats: int, measure) -> dict:
 
 
 def pipeline(args: argparse.Namespace, tmp: Path) -> None:
-    transformers_logging.disable_progress_bar()  # a "Loading weights" bar at every encoder load
     if args.encoders:
-        paths = EncoderPaths.from_wan_dir(args.encoders, vit=args.encoders / "vit")
+        vit = args.encoders / "vit"
+        paths = EncoderPaths.from_wan_dir(args.encoders, vit=vit if vit.is_dir() else None)
     else:
         from harmoview.tiny import write_tiny_encoders
 
         paths = write_tiny_encoders(tmp / "encoders")
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the Trainer's device and encoder dtype (cache key)
-    encoders = Encoders.load(paths, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-                             text_len=args.text_len, vit_layers=args.vit_layers)  # fmt: skip
+    # The Trainer's device and encoder dtypes: they are part of the cache key.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoders = Encoders.load(paths, device=device, text_len=args.text_len, vit_layers=args.vit_layers,
+                             **training_dtypes(resolve_bf16("auto", torch.device(device))))  # fmt: skip
     config = train_config(args)
     ref_hw = get_config(args.preset).ref_latent_hw
     config.data.ref_size = (ref_hw[0] * encoders.spatial_stride, ref_hw[1] * encoders.spatial_stride)
@@ -148,7 +125,7 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> None:
     print(
         f"{len(index)} usable samples, buckets {index.summary()['buckets']}, recipe {args.recipe}, preset "
         f"{args.preset}, batch {args.batch_size}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
-        f"{device}\ncache build (all views, <= 3 identities, one process): {encode_rate:.2f} samples/s\n"
+        f"{device}\ncache build (all views and identities, one process): {encode_rate:.2f} samples/s\n"
     )
     print(
         "| encodings | workers | loader alone | training | ratio loader/training | step waits for data | "
@@ -259,12 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed batches / steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches / steps before")
     p.add_argument("--repeats", type=int, default=3, help="loader and training runs per row; the fastest is shown")
-    p.add_argument("--encoders", type=Path, help="diffusers Wan folder (vae/, text_encoder/, tokenizer/) + vit/")
+    p.add_argument("--encoders", type=Path, help="diffusers Wan folder (vae/, text_encoder/, tokenizer/) [+ vit/]")
     p.add_argument("--vit-layers", type=int, nargs="+", default=[0, 1], help="ViT depths (tiny ViT: 0 1)")
     p.add_argument("--text-len", type=int, default=512, help="text tokens (Wan: 512)")
     p.add_argument("--preset", default="tiny", help="DiT preset, random weights")
     p.add_argument("--loader-only", action="store_true", help="measure the loader alone (no cache, no training)")
-    p.add_argument("--threads", type=int, help="torch threads of the main process (default: torch's)")
+    p.add_argument("--threads", type=int, help="main-process torch threads (default torch's; 1: steadier when shared)")
     g = p.add_argument_group("synthetic mode (the DiT step alone)")
     g.add_argument("--synthetic", action="store_true", help="time the DiT step on random latents, no data")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -7,13 +7,14 @@ the cache stores what they make of each sample, next to nothing else:
     <cache>/<key>/<sample_id[4:6]>/<sample_id>.safetensors
         latents (C, f, h, w)  text (L, D) trimmed at the caption's length  ref_latents (N, S, C, h', w')
         ref_present (N, S)    vit (N, T, Dv) frontal features (when a ViT is loaded)
-        metadata: identity_ids (JSON list)
+        metadata: identity_ids (JSON list, the order of the rows above)
 
 `<key>` is a fingerprint of the encoders and every data setting that changes an encoding (frame
 counts, resolutions, fps, reference size), so a cache made for other encoders or buckets is never read
-by mistake. Each sample file holds every view of up to 3 identities; a training stage takes the views
-and identities it wants. Files are written to a temporary name and renamed, so a killed run leaves no
-torn file and continues where it stopped; with torchrun each rank encodes every world_size-th sample.
+by mistake. Each sample file holds every view of every identity with a reference (up to 16); a
+training stage takes the views and identities it wants. Files are written to a temporary name and
+renamed, so a killed run leaves no torn file and continues where it stopped; with torchrun each rank
+encodes every world_size-th sample.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from harmoview.encoders import Encoders
 from harmoview.inputs import EncodedBatch, encode_batch
 
 CACHE_VERSION = "harmoview-cache-1"
-CACHE_MAX_IDENTITIES = 3
+# Every identity with a reference, not just the 3 a stage-4 sample uses: a stage that loads fewer views
+# may pick other identities than "the first 3 with any view", and they must be in the cache too.
+CACHE_MAX_IDENTITIES = 16
 
 
 def cache_key(encoders: Encoders, data: DataConfig) -> str:
@@ -49,7 +52,7 @@ def cache_key(encoders: Encoders, data: DataConfig) -> str:
 
 
 def cache_data_config(data: DataConfig) -> DataConfig:
-    """The data config a cache is built with: the stage's buckets, every view, up to 3 identities."""
+    """The data config a cache is built with: the stage's buckets, every view, every identity with a reference."""
     return replace(data, views=VIEW_SLOTS, require_views=(), max_identities=CACHE_MAX_IDENTITIES)
 
 

@@ -89,19 +89,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from harmoview.cache import build_cache
-    from harmoview.encoders import Encoders
-    from harmoview.parallel import init_distributed
+    from harmoview.encoders import Encoders, training_dtypes
+    from harmoview.parallel import init_distributed, resolve_bf16
     from harmoview.recipes import get_recipe
 
     dist = init_distributed()
     data = get_recipe(args.recipe).use_buckets(args.buckets or get_recipe(args.recipe).buckets).data
-    import torch
-
-    # The trainer's dtypes (bf16 encoders on GPU, fp32 VAE), so that its cache key matches this cache.
-    dtype = torch.bfloat16 if dist.device.type == "cuda" else torch.float32
     encoders = Encoders.load(
-        encoder_paths(args), device=dist.device, dtype=dtype, vae_dtype=torch.float32, text_len=args.text_len,
-        vit_layers=tuple(args.vit_layers),
+        encoder_paths(args), device=dist.device, text_len=args.text_len, vit_layers=tuple(args.vit_layers),
+        **training_dtypes(resolve_bf16("auto", dist.device)),  # the trainer's dtypes: they are in the cache key
     )  # fmt: skip
     data.ref_size = (args.ref_latent_size * encoders.spatial_stride,) * 2
     summary = build_cache(

@@ -77,6 +77,12 @@ def vae_strides(config: Mapping[str, Any]) -> tuple[int, int]:
     return temporal, spatial
 
 
+def training_dtypes(bf16: bool) -> dict[str, torch.dtype]:
+    """`Encoders.load` dtypes of training (and of `harmoview cache`, whose key depends on them): the text
+    encoder and ViT in bf16 when training computes in bf16, the VAE always in float32 as Wan runs it."""
+    return {"dtype": torch.bfloat16 if bf16 else torch.float32, "vae_dtype": torch.float32}
+
+
 @contextmanager
 def _quiet_loading():
     """No per-tensor "Loading weights" bars from transformers/diffusers: the trainer has its own progress."""

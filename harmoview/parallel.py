@@ -54,6 +54,11 @@ def init_distributed() -> Distributed:
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
+def resolve_bf16(mixed_precision: str, device: torch.device) -> bool:
+    """Whether training computes in bf16: 'bf16', 'fp32', or 'auto' = bf16 on GPUs, fp32 on CPUs."""
+    return mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

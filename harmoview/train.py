@@ -23,7 +23,7 @@ from harmoview.cache import CachedDataset, find_cache
 from harmoview.checkpoint import full_model_state, latest_checkpoint, load_checkpoint, remove_incomplete
 from harmoview.checkpoint import save_checkpoint as save_training_checkpoint
 from harmoview.data import SampleIndex, TrainDataset
-from harmoview.encoders import EncoderPaths, Encoders
+from harmoview.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.flow import expert_sigma_range, flow_loss
 from harmoview.inputs import EncodedBatch, encode_batch, generator, make_inputs
 from harmoview.metrics import MetricsLog
@@ -34,6 +34,7 @@ from harmoview.parallel import (
     all_reduce_mean,
     barrier,
     init_distributed,
+    resolve_bf16,
 )
 from harmoview.preview import render_preview
 from harmoview.recipes import TrainConfig
@@ -109,12 +110,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, run: TrainRun) -> None:
         self.config, self.run_spec = config, run
         self.dist = init_distributed()
-        self.bf16 = config.mixed_precision == "bf16" or (
-            config.mixed_precision == "auto" and self.dist.device.type == "cuda"
-        )
+        self.bf16 = resolve_bf16(config.mixed_precision, self.dist.device)
         self.encoders = Encoders.load(
-            run.encoders, device=self.dist.device, dtype=torch.bfloat16 if self.bf16 else torch.float32,
-            text_len=run.text_len, vit_layers=run.vit_layers, vae_dtype=torch.float32,  # Wan's VAE runs in fp32
+            run.encoders, device=self.dist.device, text_len=run.text_len, vit_layers=run.vit_layers,
+            **training_dtypes(self.bf16),
         )  # fmt: skip
         self.model = self._build_model()
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
@@ -168,6 +167,7 @@ class Trainer:
         bar = tqdm(total=c.steps, initial=self.step, disable=not (self.run_spec.progress and self.dist.is_main))
         started, seen_at_start = time.perf_counter(), self.summary.samples_seen
         while self.step < c.steps:
+            step_started = time.perf_counter()
             lr = warmup_lr(self.step, c.lr, c.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -188,8 +188,9 @@ class Trainer:
             self.summary.final_loss, self.summary.samples_per_s = loss, rate
             if self.step % c.log_every == 0 or self.step == c.steps:
                 self.log.write(
-                    step=self.step, loss=loss, lr=lr, grad_norm=grad_norm, samples_per_s=rate, finite=finite, **seen
-                )
+                    step=self.step, loss=loss, lr=lr, grad_norm=grad_norm, samples=num_samples, samples_per_s=rate,
+                    step_s=time.perf_counter() - step_started, finite=finite, **seen,
+                )  # fmt: skip
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{rate:.2f}")
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
@@ -208,14 +209,21 @@ class Trainer:
         share of micro-batches with references) for the metrics.
         """
         c, total, num_samples, t_seen, refs_seen = self.config, 0.0, 0, [], 0
+        wait_s = encode_s = 0.0
         sigma_range = expert_sigma_range(c.expert)
         for micro in range(c.grad_accum):
+            started = time.perf_counter()
             batch = self._next_batch(batches)
+            wait_s += time.perf_counter() - started
             if self.preview_batch is None:
                 self.preview_batch = batch
             refs_on = c.use_references and not c.dropout.drop_all_refs(generator(c.seed, self.step, micro, "refs"))
             mfi_on = refs_on and self.model.config.use_mfi and self.encoders.vit is not None
+            started = time.perf_counter()
             enc = self._encode(batch, refs_on, mfi_on)
+            if self.dist.device.type == "cuda":
+                torch.cuda.synchronize()  # so that encode_s is the encoders' time, not the launch time
+            encode_s += time.perf_counter() - started
             inputs = make_inputs(
                 enc, empty_text=self.empty_text, dropout=c.dropout, refs_on=refs_on, mfi_on=mfi_on, shift=c.shift,
                 sigma_range=sigma_range, seed=c.seed, step=self.step, micro=micro,
@@ -231,7 +239,10 @@ class Trainer:
             self.summary.text_dropped += inputs.num_text_dropped
             t_seen += inputs.timesteps.tolist()
             refs_seen += refs_on
-        seen = {"t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum}
+        seen = {
+            "t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum,
+            "data_wait_s": wait_s, "encode_s": encode_s,
+        }  # fmt: skip
         # Loss averaged and samples counted over every rank (FSDP averages the gradients the same way).
         world = self.dist.world_size
         num_samples = round(all_reduce_mean(float(num_samples), self.dist.device) * world)
