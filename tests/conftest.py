@@ -54,8 +54,16 @@ def build_in_subprocess(**config) -> dict:
 
 
 @pytest.fixture(scope="session")
-def shipped_run(tmp_path_factory: pytest.TempPathFactory, videos_dir: Path, models_dir: Path) -> Path:
-    """A ``datakit build`` run over the shipped footage (built once per session, ~20 s); its run directory."""
+def shipped_build(tmp_path_factory: pytest.TempPathFactory, videos_dir: Path, models_dir: Path) -> tuple[Path, dict]:
+    """A ``datakit build`` run over the shipped footage, built once per session (~20 s): (run dir, summary).
+
+    Shared by the datakit end-to-end tests and the training tests; none of them writes into it.
+    """
     out = tmp_path_factory.mktemp("shipped") / "run"
-    build_in_subprocess(src=videos_dir, out=out, models_dir=models_dir, workers=2)
-    return out
+    return out, build_in_subprocess(src=videos_dir, out=out, models_dir=models_dir, workers=2)
+
+
+@pytest.fixture(scope="session")
+def shipped_run(shipped_build: tuple[Path, dict]) -> Path:
+    """The run directory of `shipped_build`."""
+    return shipped_build[0]

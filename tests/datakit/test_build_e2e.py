@@ -36,9 +36,9 @@ def read(run, table: str) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    return out, build_in_subprocess(src=VIDEOS, out=out, models_dir=MODELS, workers=2)
+def demo(shipped_build):
+    """The session's build of the shipped footage (tests/conftest.py): (run dir, summary)."""
+    return shipped_build
 
 
 def _tracks(run) -> list[dict]:
