@@ -29,7 +29,7 @@ def _info(args: argparse.Namespace) -> int:
 def _recipes_help() -> str:
     from harmoview.recipes import RECIPES
 
-    lines = ["recipes (the Progressive View Curriculum; each stage starts from the previous stage's --init OUT/final):"]
+    lines = ["recipes (the Progressive View Curriculum; each stage starts from the previous: --init PREVIOUS_OUT):"]
     for name, make in RECIPES.items():
         c = make()
         refs = "no references" if not c.use_references else f"views {','.join(c.data.views)}"
