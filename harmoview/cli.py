@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harmoview.config import PRESETS, get_config
+from harmoview.generate import add_generate_parser
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -130,14 +131,6 @@ def _cache_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cache)
 
 
-def _not_yet(name: str, issue: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"harmoview {name}: not yet implemented (arrives with {issue}).", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harmoview", description="HarmoView identity-consistent video DiT")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     _train_parser(sub)
     _cache_parser(sub)
-    sub.add_parser("generate", help="sampling (not yet)").set_defaults(func=_not_yet("generate", "the sampler issue"))
+    add_generate_parser(sub)
     return parser
 
 

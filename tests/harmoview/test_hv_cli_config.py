@@ -35,11 +35,6 @@ def test_cli_info_prints_counts(capsys):
     assert "backbone 1,418,996,800" in out and '"dim": 1536' in out
 
 
-def test_cli_generate_says_not_yet(capsys):
-    assert main(["generate"]) == 2
-    assert "not yet" in capsys.readouterr().err
-
-
 def test_cli_train_help_lists_the_four_stages(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
