@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harmoview.config import PRESETS, get_config
+from harmoview.evaluate.cli import add_evaluate_parsers
 from harmoview.generate import add_generate_parser
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     _train_parser(sub)
     _cache_parser(sub)
+    add_evaluate_parsers(sub)
     add_generate_parser(sub)
     return parser
 
