@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack, nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +29,8 @@ from tqdm import tqdm
 from harmoview.config import FRONTAL_SLOT, VIEW_SLOTS, DiTConfig
 from harmoview.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.flow import EXPERT_BOUNDARY, NUM_TRAIN_TIMESTEPS, euler_step, sampling_sigmas
-from harmoview.preview import eval_mode, initial_noise, write_video
 from harmoview.references import References
-from harmoview.video_io import resize_center_crop, to_unit_range
+from harmoview.video_io import resize_center_crop, to_unit_range, write_video
 
 SAMPLERS = ("euler", "unipc")
 ReferenceImage = torch.Tensor | Image.Image
@@ -64,6 +63,26 @@ class Conditions:
     references: References | None = None
     vit_features: torch.Tensor | None = None
     """(1, N, T, Dv) MFI features of each identity's frontal reference, or None."""
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block; each submodule's own mode is restored afterwards
+    (model.train() would also switch submodules that were deliberately left in eval mode)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Gaussian noise at sigma 1, drawn on the generator's device and moved: a CPU generator gives the
+    same noise whatever device the model runs on."""
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return noise.to(device)
 
 
 def guided_velocity(model: nn.Module, x: torch.Tensor, t: float, cond: Conditions, guidance: Guidance) -> torch.Tensor:

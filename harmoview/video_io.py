@@ -1,4 +1,5 @@
-"""Pixels for training: frame-accurate clip reading, resize and centre crop, reference crop decoding.
+"""Video pixels in and out: frame-accurate clip reading, resize and centre crop, reference crop decoding
+for training; mp4 and contact-sheet writing for generated videos and previews.
 
 Frames are read by index with decord (random access, one decode thread per data-loader worker) and,
 for a file decord refuses, by a sequential PyAV decode. Everything that makes a sample unusable is
@@ -8,6 +9,8 @@ raised as :class:`SampleError` with a short reason, so the data loader can skip 
 from __future__ import annotations
 
 import io
+import os
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -108,3 +111,84 @@ def decode_crop(data: bytes | None, size: tuple[int, int]) -> torch.Tensor:
         raise SampleError("bad_crop", f"reference crop is not an image ({type(exc).__name__}: {exc})") from exc
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (h, w, 3)
     return pixels.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+# --- writing: generated videos and previews -----------------------------------------------------------
+
+_CODECS = ("libx264", "mpeg4")  # H.264 when FFmpeg has it; MPEG-4 part 2 is in every FFmpeg build
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8 RGB."""
+    if frames.ndim != 4 or frames.shape[0] != 3:
+        raise ValueError(f"frames must be (3, F, H, W), got {tuple(frames.shape)}")
+    pixels = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).contiguous().numpy()  # (F, H, W, 3)
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    """Repeat the last row / column where H or W is odd: yuv420p halves the chroma planes."""
+    _, h, w, _ = frames.shape
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _video_codec() -> str:
+    for name in _CODECS:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # av.codec.codec.UnknownCodecError, not exported under one name across versions
+            continue
+    raise RuntimeError(f"this FFmpeg build has none of the encoders {_CODECS}")
+
+
+def _temporary(path: Path) -> Path:
+    """A sibling name for atomic writes, keeping the suffix (formats are guessed from it)."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+def write_video(frames: torch.Tensor, path: Path, fps: float) -> Path:
+    """Write (3, F, H, W) frames in [-1, 1] as an H.264 (else MPEG-4) yuv420p mp4, atomically.
+
+    Odd sizes are padded by one edge row / column. The file appears complete or not at all.
+    """
+    pixels = _pad_even(to_uint8(frames))  # (F, H', W', 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, codec = _temporary(path), _video_codec()
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = pixels.shape[2], pixels.shape[1], "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": "18"}  # near-transparent: a preview is looked at closely
+            for array in pixels:
+                frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))  # flush the encoder's delayed frames
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_contact_png(frames: torch.Tensor, path: Path, *, max_frames: int | None = None) -> Path:
+    """The frames of (3, F, H, W) in [-1, 1] side by side, left to right, as one PNG (H, n*W), atomically.
+
+    max_frames: keep at most this many, evenly spaced with the first and last (None = all F).
+    """
+    pixels = to_uint8(frames)  # (F, H, W, 3)
+    num_frames = pixels.shape[0]
+    if max_frames is not None and num_frames > max_frames:
+        pixels = pixels[np.linspace(0, num_frames - 1, max(max_frames, 1)).round().astype(int)]
+    strip = np.concatenate(list(pixels), axis=1)  # (H, n*W, 3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        Image.fromarray(strip).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -14,8 +14,11 @@ from torch import nn
 from harmoview import build_model, get_config
 from harmoview.encoders import Encoders
 from harmoview.inputs import EncodedBatch, encode_batch
-from harmoview.preview import render_preview, sample_euler, write_contact_png, write_video
+from harmoview.pipeline import Conditions, Guidance, sample
+from harmoview.preview import render_preview
+from harmoview.references import References
 from harmoview.tiny import tiny_vit_layers, write_tiny_encoders
+from harmoview.video_io import write_contact_png, write_video
 
 LATENT_SHAPE = (2, 4, 2, 4, 4)  # (B, C, f, h, w)
 
@@ -49,10 +52,16 @@ def _straight_path() -> tuple[StraightPath, torch.Tensor]:
     return model, torch.ones(LATENT_SHAPE[0], 3, 24)
 
 
-def _sample(model, text, *, seed=0, **kwargs):
-    kwargs = {"references": None, "vit_features": None, "num_steps": 4, "shift": 5.0} | kwargs
+def _sample(model, text, *, seed=0, num_steps=4, shift=5.0, guidance=1.0, null_text=None, references=None, vit=None,
+            **kwargs):  # fmt: skip
+    """The project's sampler (Euler) with text guidance only, as previews use it."""
+    negative = text if null_text is None else null_text.expand_as(text)
+    cond = Conditions(text=text, negative_text=negative, references=references, vit_features=vit)
     generator = torch.Generator().manual_seed(seed)
-    return sample_euler(model, shape=LATENT_SHAPE, text=text, generator=generator, **kwargs)
+    return sample(
+        model, cond, shape=LATENT_SHAPE if references is None else (1, *LATENT_SHAPE[1:]), num_steps=num_steps,
+        shift=shift, generator=generator, guidance=Guidance(text_scale=guidance), **kwargs,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(("num_steps", "shift"), [(1, 1.0), (3, 5.0), (10, 3.0)])
@@ -82,14 +91,12 @@ def test_guidance_extrapolates_from_the_null_prompt():
     assert len(model.modes) == 2 * 4  # conditional and unconditional pass per step
 
 
-def test_guidance_one_is_plain_sampling_and_guidance_needs_a_null_prompt():
+def test_guidance_one_is_plain_sampling():
     model, text = _straight_path()
     plain = _sample(model, text)
     calls = len(model.modes)
     assert torch.equal(_sample(model, text, guidance=1.0, null_text=torch.zeros(3, 24)), plain)
     assert len(model.modes) == 2 * calls  # no unconditional pass at guidance 1
-    with pytest.raises(ValueError, match="null_text"):
-        _sample(model, text, guidance=2.0)
 
 
 # --- the real tiny model and encoders ----------------------------------------------------------------
@@ -129,14 +136,12 @@ def _render(model, encoders, enc, out_dir, *, step=10, seed=0, **kwargs):
 
 
 def test_tiny_model_sampling_is_deterministic_for_a_seed(model, enc):
-    from harmoview.references import References
-
     refs = References(latents=enc.ref_latents, present=enc.ref_present)
-    kwargs = {"shape": (1, *enc.latents.shape[1:]), "text": enc.text, "references": refs, "vit_features": enc.vit}
-    kwargs |= {"num_steps": 3, "shift": 5.0}
-    first = sample_euler(model, generator=torch.Generator().manual_seed(7), **kwargs)
-    again = sample_euler(model, generator=torch.Generator().manual_seed(7), **kwargs)
-    other = sample_euler(model, generator=torch.Generator().manual_seed(8), **kwargs)
+    kwargs = {"shape": (1, *enc.latents.shape[1:]), "num_steps": 3, "shift": 5.0}
+    cond = Conditions(text=enc.text, negative_text=enc.text, references=refs, vit_features=enc.vit)
+    first = sample(model, cond, generator=torch.Generator().manual_seed(7), **kwargs)
+    again = sample(model, cond, generator=torch.Generator().manual_seed(7), **kwargs)
+    other = sample(model, cond, generator=torch.Generator().manual_seed(8), **kwargs)
     assert first.shape == enc.latents.shape and torch.isfinite(first).all()
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
@@ -216,17 +221,23 @@ def test_render_preview_without_write_only_samples(tmp_path, model, encoders, en
 
 
 def test_write_video_falls_back_to_mpeg4(tmp_path, monkeypatch):
-    import harmoview.preview as preview
+    import harmoview.video_io as video_io
 
-    monkeypatch.setattr(preview, "_CODECS", ("no-such-encoder", "mpeg4"))
+    monkeypatch.setattr(video_io, "_CODECS", ("no-such-encoder", "mpeg4"))
     path = write_video(torch.zeros(3, 5, 16, 16), tmp_path / "v.mp4", fps=25.0)
     codec, _, frames = _decode(path)
     assert codec == "mpeg4" and frames.shape == (5, 16, 16, 3)
 
 
 def test_bf16_autocast_keeps_float32_latents(model, enc):
-    latents = sample_euler(
-        model, shape=(1, *enc.latents.shape[1:]), text=enc.text, references=None, vit_features=None,
-        num_steps=2, shift=5.0, generator=torch.Generator().manual_seed(0), autocast_dtype=torch.bfloat16,
+    cond = Conditions(text=enc.text, negative_text=enc.text)
+    latents = sample(
+        model, cond, shape=(1, *enc.latents.shape[1:]), num_steps=2, shift=5.0,
+        generator=torch.Generator().manual_seed(0), autocast_dtype=torch.bfloat16,
     )  # fmt: skip
     assert latents.dtype == torch.float32 and torch.isfinite(latents).all()
+
+
+def test_render_preview_guidance_needs_the_empty_prompt(tmp_path, model, encoders, enc):
+    with pytest.raises(ValueError, match="null_text"):
+        _render(model, encoders, enc, tmp_path, guidance=2.0)
