@@ -52,6 +52,11 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["auto", "yunet", "dlib", "insightface"], help="face stack (default auto)")
     p.add_argument("--insightface-pack", type=Path, help="local insightface model pack folder (buffalo_l, ...)")
     p.add_argument(
+        "--detect-max-side",
+        type=int,
+        help="long side (px) frames are shrunk to for face detection; 0 = full size (default 960)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         default=None,
@@ -67,7 +72,16 @@ def _run_build(args: argparse.Namespace) -> int:
 
     flags = {
         k: getattr(args, k)
-        for k in ("sample_fps", "workers", "address", "models_dir", "backend", "insightface_pack", "overwrite")
+        for k in (
+            "sample_fps",
+            "workers",
+            "address",
+            "models_dir",
+            "backend",
+            "insightface_pack",
+            "detect_max_side",
+            "overwrite",
+        )
     }
     try:
         if args.config:

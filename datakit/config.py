@@ -24,6 +24,9 @@ class BuildConfig:
     backend: str = "auto"  #: face stack: auto | yunet | dlib | insightface
     insightface_pack: Path | None = None  #: local insightface pack (buffalo_l, ...); $DATAKIT_INSIGHTFACE_PACK
     det_threshold: float | None = None  #: detector score threshold; None = the backend's default
+    #: the detector sees each frame shrunk to this long side (px; 0 = full size): YuNet at 4K finds two or
+    #: three phantom boxes for one large face. insightface keeps its own 640 px det_size.
+    detect_max_side: int = 960
     min_face_px: float = 24.0  #: faces smaller than this (sqrt of box area) are ignored
     shot_threshold: float = 27.0  #: PySceneDetect content-detector threshold
     min_shot_s: float = 0.5  #: a cut closer than this to the previous one is ignored
@@ -52,6 +55,8 @@ class BuildConfig:
             self.insightface_pack = Path(os.environ["DATAKIT_INSIGHTFACE_PACK"])
         if self.sample_fps <= 0:
             raise ValueError("sample_fps must be positive")
+        if self.detect_max_side < 0:
+            raise ValueError("detect_max_side must be >= 0 (0 = detect at full frame size)")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1")
 

@@ -38,7 +38,11 @@ class RunConflictError(RuntimeError):
 
 def _make_stack(cfg: BuildConfig) -> FaceStack:
     return build_face_stack(
-        cfg.backend, models_dir=cfg.models_dir, insightface_pack=cfg.insightface_pack, det_threshold=cfg.det_threshold
+        cfg.backend,
+        models_dir=cfg.models_dir,
+        insightface_pack=cfg.insightface_pack,
+        det_threshold=cfg.det_threshold,
+        detect_max_side=cfg.detect_max_side,
     )
 
 
@@ -140,6 +144,8 @@ def _init_ray(cfg: BuildConfig) -> None:
 
 #: settings that change how a run is executed but not what it writes: free to differ on resume
 _EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite"})
+#: output settings added later, with the value that a run.json written before them was built with
+_BEFORE_FIELD = {"detect_max_side": 0}
 
 
 def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
@@ -158,7 +164,9 @@ def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
             f"{stack.name!r}; pass --overwrite to start over or choose another --out"
         )
     old_cfg = old.get("config", {})
-    changed = sorted(k for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY and old_cfg.get(k, v) != v)
+    changed = sorted(
+        k for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY and old_cfg.get(k, _BEFORE_FIELD.get(k, v)) != v
+    )
     if changed:
         raise RunConflictError(
             f"{run.root} was built with other settings ({', '.join(changed)}); resuming would mix two "

@@ -19,7 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import cv2
 import numpy as np
+
+#: Default long side (px) of the frame a detector sees. YuNet at full 4K size reports two or three
+#: displaced boxes for one ~600 px face (det 0.6-0.72, wrong yaw); at <= 960 px it finds one.
+DETECT_MAX_SIDE = 960
 
 
 @dataclass(slots=True)
@@ -41,8 +46,40 @@ class Face:
         return float(max(x1 - x0, 0.0) * max(y1 - y0, 0.0)) ** 0.5
 
 
+def shrink_for_detection(frame_bgr: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """The frame shrunk so that its long side is at most ``max_side`` (0: unchanged), and the (x, y)
+    factors from its pixels back to the source frame's. Never enlarges; INTER_AREA avoids aliasing."""
+    height, width = frame_bgr.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return frame_bgr, (1.0, 1.0)
+    scale = max_side / max(height, width)
+    size = (max(round(width * scale), 1), max(round(height * scale), 1))  # (w, h)
+    small = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
+    return small, (width / size[0], height / size[1])
+
+
+def faces_to_source(faces: list[Face], factors: tuple[float, float]) -> list[Face]:
+    """Map boxes and landmarks (5 and 68 points) found on a shrunk frame back to source pixels, in place."""
+    fx, fy = factors
+    if (fx, fy) == (1.0, 1.0):
+        return faces
+    scale = np.array([fx, fy], np.float32)
+    for face in faces:
+        x0, y0, x1, y1 = face.bbox
+        face.bbox = (x0 * fx, y0 * fy, x1 * fx, y1 * fy)
+        if face.landmarks is not None:
+            face.landmarks = (face.landmarks * scale).astype(np.float32)
+        if face.extra.get("landmarks68") is not None:
+            face.extra["landmarks68"] = (np.asarray(face.extra["landmarks68"]) * scale).astype(np.float32)
+    return faces
+
+
 class Detector(Protocol):
-    """Finds faces (box, score, 5 landmarks) in a frame."""
+    """Finds faces (box, score, 5 landmarks) in a frame, reported in the frame's own pixels.
+
+    A detector may look at a shrunk copy of the frame (see :func:`shrink_for_detection`); pose,
+    embedding and crops always use the full-resolution frame.
+    """
 
     name: str
     sees_profiles: bool

@@ -12,12 +12,13 @@ import cv2
 import dlib
 import numpy as np
 
-from datakit.faces.base import Face
+from datakit.faces.base import DETECT_MAX_SIDE, Face, shrink_for_detection
 from datakit.faces.dlib_embed import to_dlib_rect
 from datakit.faces.model_files import dlib_model_path
 
 #: HOG's sliding window is 80x80 px; one 2x upsampling finds faces down to ~40 px. Frames larger than this
-#: (long side, px) are not upsampled: their faces are large and 4x the pixels costs seconds a frame.
+#: (long side, px, judged on the source frame) are not upsampled: their faces are large and 4x the pixels
+#: costs seconds a frame.
 HOG_UPSAMPLE_MAX_SIDE = 1024
 #: det_score = sigmoid(HOG_SCORE_SLOPE * svm_margin): the detector's own threshold (margin 0) maps to 0.5,
 #: a clear frontal face (margin ~1.5-3) to 0.95-1.
@@ -86,33 +87,45 @@ def pose_from_68(points68: np.ndarray, frame_shape: tuple[int, ...]) -> tuple[fl
 
 
 class HogDetector:
-    """dlib's HOG + linear SVM frontal face detector, with 5 landmarks from the 68-point predictor."""
+    """dlib's HOG + linear SVM frontal face detector, with 5 landmarks from the 68-point predictor.
+
+    HOG scans the frame shrunk to a long side of at most ``max_side`` px (0: full size); the 68 landmarks
+    are predicted on the full-resolution frame inside the box mapped back to it.
+    """
 
     name = "dlib-hog"
     sees_profiles = False
 
-    def __init__(self, det_threshold: float = 0.5, upsample: int | None = None) -> None:
+    def __init__(
+        self, det_threshold: float = 0.5, upsample: int | None = None, max_side: int = DETECT_MAX_SIDE
+    ) -> None:
         self._detector = dlib.get_frontal_face_detector()
         self._shape68 = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
         det_threshold = min(max(det_threshold, 1e-3), 1 - 1e-3)
         # The SVM margin whose sigmoid is det_threshold.
         self._adjust_threshold = math.log(det_threshold / (1 - det_threshold)) / HOG_SCORE_SLOPE
         self.upsample = upsample
+        self.max_side = max_side
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         """Faces in one BGR frame, best score first; ``extra["landmarks68"]`` holds the 68 points."""
-        rgb = np.ascontiguousarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
         upsample = self.upsample
         if upsample is None:
-            upsample = 1 if max(rgb.shape[:2]) <= HOG_UPSAMPLE_MAX_SIDE else 0
-        rects, margins, _ = self._detector.run(rgb, upsample, self._adjust_threshold)
+            upsample = 1 if max(frame_bgr.shape[:2]) <= HOG_UPSAMPLE_MAX_SIDE else 0
+        small, (fx, fy) = shrink_for_detection(frame_bgr, self.max_side)
+        small_rgb = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+        rects, margins, _ = self._detector.run(small_rgb, upsample, self._adjust_threshold)
+        rgb = small_rgb if small is frame_bgr else None
         faces = []
         for rect, margin in zip(rects, margins, strict=True):
-            shape = self._shape68(rgb, rect)
+            if rgb is None:
+                rgb = np.ascontiguousarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+            box = (rect.left() * fx, rect.top() * fy, (rect.right() + 1.0) * fx, (rect.bottom() + 1.0) * fy)
+            shape = self._shape68(rgb, to_dlib_rect(box))
             points68 = np.array([(p.x, p.y) for p in shape.parts()], np.float32)  # (68, 2)
             faces.append(
                 Face(
-                    bbox=(float(rect.left()), float(rect.top()), rect.right() + 1.0, rect.bottom() + 1.0),
+                    bbox=box,
                     det_score=1.0 / (1.0 + math.exp(-HOG_SCORE_SLOPE * margin)),
                     landmarks=landmarks5_from_68(points68),
                     extra={"landmarks68": points68},

@@ -126,6 +126,8 @@ def _load_app(pack_dir: Path, det_threshold: float | None):
         providers=["CPUExecutionProvider"],
         sess_options=options,
     )
+    # SCRFD already detects on the frame resized to fit 640x640 (below the default detect_max_side), so
+    # no shrinking of ours: the pack's 68-point landmark model then still crops from the full frame.
     app.prepare(ctx_id=-1, det_thresh=0.5 if det_threshold is None else det_threshold, det_size=(640, 640))
     return app
 

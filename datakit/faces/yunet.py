@@ -7,14 +7,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datakit.faces.base import Face
+from datakit.faces.base import DETECT_MAX_SIDE, Face, faces_to_source, shrink_for_detection
 
 #: Profile faces score 0.6-0.87 with YuNet; OpenCV's default 0.9 drops every one of them.
 YUNET_SCORE_THRESHOLD = 0.6
 
 
 class YuNetDetector:
-    """YuNet via ``cv2.FaceDetectorYN``; the input size follows each frame's size.
+    """YuNet via ``cv2.FaceDetectorYN`` on the frame shrunk to a long side of at most ``max_side`` px.
+
+    The input size follows each (shrunk) frame's size; boxes and landmarks are mapped back to the source
+    frame. ``max_side=0`` runs at full frame size, which on 4K frames gives phantom boxes for large faces.
 
     YuNet's landmark order (right eye, left eye, nose tip, right and left mouth corner, the subject's
     sides, so the first eye is the one on the image left of a frontal face) is the order of
@@ -25,9 +28,14 @@ class YuNetDetector:
     sees_profiles = True
 
     def __init__(
-        self, model_path: Path, score_threshold: float = YUNET_SCORE_THRESHOLD, nms_threshold: float = 0.3
+        self,
+        model_path: Path,
+        score_threshold: float = YUNET_SCORE_THRESHOLD,
+        nms_threshold: float = 0.3,
+        max_side: int = DETECT_MAX_SIDE,
     ) -> None:
         self.score_threshold = score_threshold
+        self.max_side = max_side
         # OpenCV 5 warns on every create that its new graph engine ignores target selection: noise for users.
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -38,12 +46,13 @@ class YuNetDetector:
         self._input_size: tuple[int, int] = (320, 320)
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        """Faces in one BGR frame, best score first."""
-        height, width = frame_bgr.shape[:2]
+        """Faces in one BGR frame (source pixels), best score first."""
+        small, factors = shrink_for_detection(frame_bgr, self.max_side)
+        height, width = small.shape[:2]
         if (width, height) != self._input_size:
             self._net.setInputSize((width, height))
             self._input_size = (width, height)
-        _, rows = self._net.detect(frame_bgr)
+        _, rows = self._net.detect(small)
         if rows is None:
             return []
         faces = []
@@ -57,4 +66,4 @@ class YuNetDetector:
                 )
             )
         faces.sort(key=lambda face: -face.det_score)
-        return faces
+        return faces_to_source(faces, factors)

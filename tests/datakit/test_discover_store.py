@@ -75,3 +75,26 @@ def test_resume_refuses_other_output_settings_and_overwrite_clears(tmp_path):
         _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, sample_fps=1.0), run, stack)
     _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, overwrite=True), run, stack)
     assert not (run.root / "run.json").exists() and not (run.root / "faces").exists()
+
+
+def test_resume_checks_detect_max_side_also_against_older_runs(tmp_path):
+    import json
+
+    import pytest
+
+    from datakit import BuildConfig
+    from datakit.faces import build_face_stack
+    from pipelines.build import RunConflictError, _check_resume
+
+    stack = build_face_stack("auto", models_dir=MODELS)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    config = BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS).to_dict()
+    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": config}))
+    with pytest.raises(RunConflictError, match="detect_max_side"):
+        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, detect_max_side=640), run, stack)
+    del config["detect_max_side"]  # a run.json from before the field: it detected at full frame size
+    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": config}))
+    with pytest.raises(RunConflictError, match="detect_max_side"):
+        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS), run, stack)
+    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, detect_max_side=0), run, stack)
