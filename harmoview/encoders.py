@@ -171,6 +171,18 @@ class Encoders:
         self._latents_mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
         self._latents_std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
 
+    @property
+    def has_vit(self) -> bool:
+        """A ViT was loaded (still true after `release_text_and_vit`: its sizes are known)."""
+        return self.vit_dim is not None
+
+    def release_text_and_vit(self) -> None:
+        """Free the text encoder and the ViT when their outputs come from a cache (umT5-XXL alone is about
+        11 GB in bf16); sizes, strides, the fingerprint and the VAE (previews decode with it) stay."""
+        self.text_encoder = self.vit = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @classmethod
     def load(
         cls, paths: EncoderPaths, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

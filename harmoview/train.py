@@ -123,6 +123,8 @@ class Trainer:
         self.dataset = self._dataset()
         self.step, self.position = 0, 0
         self.empty_text = self.encoders.encode_text([""])[0]  # (Lt, Dt)
+        if isinstance(self.dataset, CachedDataset):
+            self.encoders.release_text_and_vit()  # every text and ViT feature now comes from the cache
         self.log = MetricsLog(run.out, enabled=self.dist.is_main)
         self.preview_batch: dict | None = None  # previews follow the first sample this run draws
 
@@ -218,7 +220,7 @@ class Trainer:
             if self.preview_batch is None:
                 self.preview_batch = batch
             refs_on = c.use_references and not c.dropout.drop_all_refs(generator(c.seed, self.step, micro, "refs"))
-            mfi_on = refs_on and self.model.config.use_mfi and self.encoders.vit is not None
+            mfi_on = refs_on and self.model.config.use_mfi and self.encoders.has_vit
             started = time.perf_counter()
             enc = self._encode(batch, refs_on, mfi_on)
             if self.dist.device.type == "cuda":
@@ -343,7 +345,7 @@ class Trainer:
         """
         c = self.config
         refs_on = c.use_references
-        mfi_on = refs_on and self.model.config.use_mfi and self.encoders.vit is not None
+        mfi_on = refs_on and self.model.config.use_mfi and self.encoders.has_vit
         enc = self._encode(self.preview_batch, refs_on, mfi_on)
         if self.ema:
             self.ema.swap(self.model)

@@ -87,7 +87,7 @@ def initial_config(init: Path | None, preset: str | None, encoders: Encoders) ->
         directory = resolve_model_dir(init)
         config = read_config(directory if directory.is_dir() else directory.parent)
         if not (directory / "harmoview.json").exists():
-            vit = encoders.vit is not None
+            vit = encoders.has_vit
             sizes = {"vit_dim": encoders.vit_dim, "vit_num_levels": encoders.vit_num_levels} if vit else {}
             config = config.replace(use_mfi=vit, **sizes)
     encoders.check_model(config)

@@ -121,10 +121,13 @@ def test_overfitting_one_real_sample_cuts_the_loss_tenfold(shipped_run, tiny_enc
 
 def test_cache_and_on_the_fly_give_the_same_losses(shipped_run, tiny_encoders, tiny_init, cache_dir, tmp_path):
     fresh = train(tiny_config("pvc-stage3", steps=4), tiny_run(shipped_run, tiny_encoders, tmp_path / "a", tiny_init))
-    cached = train(
+    trainer = Trainer(
         tiny_config("pvc-stage3", steps=4),
         tiny_run(shipped_run, tiny_encoders, tmp_path / "b", tiny_init, cache=cache_dir),
     )
+    # from the cache, the text encoder and the ViT are not needed any more: freed (umT5-XXL is ~11 GB)
+    assert trainer.encoders.text_encoder is None and trainer.encoders.vit is None and trainer.encoders.has_vit
+    cached = trainer.run()
     assert fresh.cache is None and cached.cache is not None
     torch.testing.assert_close(losses(tmp_path / "a"), losses(tmp_path / "b"), atol=1e-5, rtol=1e-5)
 
