@@ -23,7 +23,8 @@ with OUT/run.json. A killed run resumes where it stopped when you run the same c
 
 Face stacks (--backend auto picks the first that can run):
   yunet        YuNet detector + FSA-Net head pose + dlib ResNet embedding; needs the model folder
-               (--models-dir or DATAKIT_MODELS_DIR) holding the ONNX files and SHA256SUMS
+               (--models-dir or DATAKIT_MODELS_DIR, else the per-user folder that
+               `datakit models fetch` fills) holding the ONNX files
   dlib         pip-only fallback: dlib HOG detector + 68-landmark pose + dlib embedding (no profiles)
   insightface  a local insightface pack (--insightface-pack or DATAKIT_INSIGHTFACE_PACK)
 """
@@ -47,7 +48,7 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models-dir",
         type=Path,
-        help="folder with YuNet/FSA-Net ONNX files and SHA256SUMS (default: DATAKIT_MODELS_DIR)",
+        help="folder with YuNet/FSA-Net ONNX files (default: DATAKIT_MODELS_DIR, else `datakit models fetch`'s folder)",
     )
     p.add_argument("--backend", choices=["auto", "yunet", "dlib", "insightface"], help="face stack (default auto)")
     p.add_argument("--insightface-pack", type=Path, help="local insightface model pack folder (buffalo_l, ...)")
@@ -99,15 +100,61 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models",
+        help="list the face stacks' model files, or fetch the default stack's",
+        description="List each face stack's files: source URL, licence, SHA-256 and whether present. "
+        "`datakit models fetch` downloads the default stack's files (the only command that downloads).",
+    )
+    p.add_argument("--models-dir", type=Path, help="folder to check (default: DATAKIT_MODELS_DIR, else the cache)")
+    actions = p.add_subparsers(dest="action")
+    fetch = actions.add_parser("fetch", help="download YuNet + FSA-Net, verified by SHA-256 (resumable)")
+    fetch.add_argument("--to", type=Path, help="target folder (default: DATAKIT_MODELS_DIR, else the cache)")
+    fetch.add_argument("--base-url", help="mirror serving the files by name (default: DATAKIT_MODELS_BASE_URL)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from datakit.faces.base import ModelNotFoundError
+    from datakit.faces.model_fetch import fetch_default_stack
+    from datakit.faces.model_files import FACE_STACKS, model_status, resolve_models_dir
+
+    if args.action == "fetch":
+        folder = resolve_models_dir(args.to)
+        try:
+            fetched = fetch_default_stack(folder, base_url=args.base_url, progress=not args.quiet)
+        except ModelNotFoundError as exc:
+            print(f"datakit models fetch: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{len(fetched)} file(s) downloaded; default stack ready in {folder}")
+        return 0
+    folder = resolve_models_dir(args.models_dir)
+    print(f"models folder: {folder}")
+    for stack in FACE_STACKS:
+        print(f"\n{stack.backend}: {stack.summary}")
+        for model in stack.files:
+            print(f"  {model.name}  [{model_status(model, folder)}]")
+            print(f"    {model.what}; licence: {model.licence}")
+            if model.url:
+                print(f"    url: {model.url}")
+            if model.sha256:
+                print(f"    sha256: {model.sha256}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``datakit`` command."""
     parser = argparse.ArgumentParser(prog="datakit", description="Multi-view identity video curation.")
     sub = parser.add_subparsers(dest="command", required=True)
     _build_parser(sub)
+    _models_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "build":
         return _run_build(args)
+    if args.command == "models":
+        return _run_models(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

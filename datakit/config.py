@@ -20,7 +20,7 @@ class BuildConfig:
     sample_fps: float = 3.0  #: frames per second given to the face detector (shots see every frame)
     workers: int | None = None  #: per-video Ray actors; None = one per available CPU
     address: str | None = None  #: Ray cluster address; None = RAY_ADDRESS, else a local Ray started here
-    models_dir: Path | None = None  #: YuNet/FSA-Net folder; None = $DATAKIT_MODELS_DIR
+    models_dir: Path | None = None  #: YuNet/FSA-Net folder; None = $DATAKIT_MODELS_DIR, else the user cache
     backend: str = "auto"  #: face stack: auto | yunet | dlib | insightface
     insightface_pack: Path | None = None  #: local insightface pack (buffalo_l, ...); $DATAKIT_INSIGHTFACE_PACK
     det_threshold: float | None = None  #: detector score threshold; None = the backend's default

@@ -40,8 +40,8 @@ def build_face_stack(
         backend: ``"auto"`` (default stack when its files are present, else the dlib fallback),
             ``"yunet"`` (YuNet + FSA-Net + dlib; raises when the files are missing or corrupt), ``"dlib"``
             (the pip-only fallback) or ``"insightface"`` (a local insightface model pack).
-        models_dir: folder with the default stack's ONNX files and ``SHA256SUMS``; defaults to
-            ``$DATAKIT_MODELS_DIR``.
+        models_dir: folder with the default stack's ONNX files (and optionally ``SHA256SUMS``); defaults to
+            ``$DATAKIT_MODELS_DIR``, else the per-user folder of ``datakit models fetch``.
         insightface_pack: a local insightface pack folder (e.g. ``.../buffalo_l``); defaults to
             ``$DATAKIT_INSIGHTFACE_PACK``.
         det_threshold: detector score threshold (0..1); each detector has its own default.

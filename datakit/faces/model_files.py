@@ -1,8 +1,9 @@
 """Where the face models live and whether they are intact.
 
-Two sources: the default stack's ONNX files in a user-given models directory (``--models-dir`` /
-``DATAKIT_MODELS_DIR``), checked against the ``SHA256SUMS`` file there (or, when a file is not listed, the
-hash pinned below), and dlib's ``.dat`` files that ship inside the ``face-recognition-models`` wheel.
+Two sources: the default stack's ONNX files in a models directory (``--models-dir`` /
+``DATAKIT_MODELS_DIR``, else the per-user cache folder that ``datakit models fetch`` fills), checked against
+the ``SHA256SUMS`` file there (or, when a file is not listed, the hash pinned below), and dlib's ``.dat``
+files that ship inside the ``face-recognition-models`` wheel. ``FACE_STACKS`` says where every file comes from.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.faces.base import ModelNotFoundError
 
 MODELS_DIR_ENV = "DATAKIT_MODELS_DIR"
 INSIGHTFACE_PACK_ENV = "DATAKIT_INSIGHTFACE_PACK"
-MODELS_DIR_HINT = f"pass --models-dir or set {MODELS_DIR_ENV} to the folder holding the model files"
+MODELS_DIR_HINT = (
+    f"run `datakit models fetch`, or pass --models-dir or set {MODELS_DIR_ENV} to the folder holding the model files"
+)
 
 YUNET_FILE = "face_detection_yunet_2023mar.onnx"
 FSANET_FILES = ("fsanet-1x1-iter-688590.onnx", "fsanet-var-iter-688590.onnx")
@@ -30,6 +34,94 @@ PINNED_SHA256 = {
 }
 
 
+YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/" + YUNET_FILE
+# opencv_zoo keeps its models in Git LFS: github.com/<repo>/raw/... redirects to the content (its LFS oid is
+# the pinned hash). FSA-Net's files are plain git blobs, pinned here to the repository's last commit.
+FSANET_URL = (
+    "https://github.com/omasaht/headpose-fsanet-pytorch/raw/002549c981b607f722e0810d999afcde7e5aaa66/pretrained/"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """One file of a face stack: where it comes from and how to check it."""
+
+    name: str  #: file name (relative path) inside the models folder or the package
+    what: str  #: what the file is, in a few words
+    licence: str
+    url: str | None = None  #: public download URL; None = shipped in a package or supplied by the user
+    sha256: str | None = None  #: pinned hash; None = not pinned (package files, user packs)
+    source: str = "download"  #: "download" (``datakit models fetch``), "package" or "user"
+
+
+@dataclass(frozen=True, slots=True)
+class FaceStackFiles:
+    """The files a face backend needs."""
+
+    backend: str  #: the ``--backend`` name
+    summary: str
+    files: tuple[ModelFile, ...]
+
+
+_DLIB_LICENCE = "public domain / CC0 (dlib-models, in the face-recognition-models wheel)"
+_DLIB_FILES = (
+    ModelFile(
+        "shape_predictor_5_face_landmarks.dat", "dlib 5-point landmarks (alignment)", _DLIB_LICENCE, source="package"
+    ),
+    ModelFile(
+        "dlib_face_recognition_resnet_model_v1.dat", "dlib ResNet 128-d embedding", _DLIB_LICENCE, source="package"
+    ),
+)
+
+#: Every face stack and its files; the ``yunet`` stack's downloadable files are what ``datakit models fetch`` gets.
+FACE_STACKS: tuple[FaceStackFiles, ...] = (
+    FaceStackFiles(
+        "yunet",
+        "default: YuNet detector + FSA-Net head pose + dlib ResNet embedding",
+        (
+            ModelFile(YUNET_FILE, "YuNet face detector", "MIT (opencv_zoo)", YUNET_URL, PINNED_SHA256[YUNET_FILE]),
+            *(
+                ModelFile(
+                    name, "FSA-Net head pose", "MIT (code); trained on 300W-LP", FSANET_URL + name, PINNED_SHA256[name]
+                )
+                for name in FSANET_FILES
+            ),
+            *_DLIB_FILES,
+        ),
+    ),
+    FaceStackFiles(
+        "dlib",
+        "pip-only fallback: dlib HOG detector + 68-landmark pose + dlib ResNet (no profile faces)",
+        (
+            ModelFile(
+                "shape_predictor_68_face_landmarks.dat",
+                "dlib 68-point landmarks (pose)",
+                _DLIB_LICENCE + "; trained on iBUG 300-W, whose terms exclude commercial use",
+                source="package",
+            ),
+            *_DLIB_FILES,
+        ),
+    ),
+    FaceStackFiles(
+        "insightface",
+        f"a local insightface pack (--insightface-pack / {INSIGHTFACE_PACK_ENV}), e.g. buffalo_l",
+        (
+            ModelFile(
+                "<pack>/*.onnx",
+                "SCRFD detector + ArcFace recognition (+ 1k3d68 pose)",
+                "insightface models: non-commercial research only",
+                source="user",
+            ),
+        ),
+    ),
+)
+
+
+def downloadable_files() -> tuple[ModelFile, ...]:
+    """The default stack's files that ``datakit models fetch`` downloads (each with a URL and a pinned hash)."""
+    return tuple(f for stack in FACE_STACKS for f in stack.files if f.source == "download")
+
+
 class ModelChecksumError(ModelNotFoundError):
     """A model file is present but its SHA-256 differs from the expected one (corrupt or wrong file)."""
 
@@ -38,10 +130,19 @@ class ModelChecksumError(ModelNotFoundError):
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def resolve_models_dir(models_dir: str | Path | None) -> Path | None:
-    """The models directory: the argument, else ``$DATAKIT_MODELS_DIR``, else None."""
+def default_models_dir() -> Path:
+    """The per-user models folder: ``$XDG_CACHE_HOME/harmoview/models``, else ``~/.cache/harmoview/models``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or None
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "harmoview" / "models"
+
+
+def resolve_models_dir(models_dir: str | Path | None) -> Path:
+    """The models directory: the argument, else ``$DATAKIT_MODELS_DIR``, else :func:`default_models_dir`.
+
+    The default folder may not exist (nothing has been fetched); callers then fall back or raise as usual.
+    """
     chosen = models_dir if models_dir is not None else os.environ.get(MODELS_DIR_ENV) or None
-    return Path(chosen).expanduser() if chosen is not None else None
+    return Path(chosen).expanduser() if chosen is not None else default_models_dir()
 
 
 def sha256_of(path: Path) -> str:
@@ -97,6 +198,22 @@ def verified_model_files(models_dir: Path | None, names: tuple[str, ...]) -> dic
             )
         paths[name] = path
     return paths
+
+
+def model_status(model: ModelFile, models_dir: Path) -> str:
+    """``present`` / ``absent`` / ``corrupt`` for a downloadable file in ``models_dir``; where others come from."""
+    if model.source == "user":
+        return "user-supplied (--insightface-pack)"
+    if model.source == "package":
+        try:
+            dlib_model_path(model.name)
+        except ModelNotFoundError:
+            return "absent: pip install face-recognition-models"
+        return "in package"
+    path = models_dir / model.name
+    if not path.is_file():
+        return "absent"
+    return "present" if sha256_of(path) == model.sha256 else "corrupt (sha256 differs)"
 
 
 def dlib_model_path(filename: str) -> Path:

@@ -184,6 +184,7 @@ def test_fallback_stack_without_models_dir(monkeypatch):
     if not STILLS.is_dir():
         pytest.skip(f"shared media not found at {SHARED}")
     monkeypatch.delenv("DATAKIT_MODELS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(SHARED / "no-such-cache"))  # a user's fetched models must not count
     fallback = load_face_stack(None)
     assert fallback.name.startswith("dlib")
     assert route_photo(PhotoRef(path=STILLS / "obama.jpg"), fallback).slot == "frontal"

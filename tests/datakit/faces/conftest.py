@@ -73,4 +73,5 @@ def fallback_stack():
 
     with pytest.MonkeyPatch.context() as patch:  # only while building: other tests keep the environment
         patch.delenv("DATAKIT_MODELS_DIR", raising=False)
+        patch.setenv("XDG_CACHE_HOME", str(SHARED / "no-such-cache"))  # a user's fetched models must not count
         return build_face_stack("auto", models_dir=None)

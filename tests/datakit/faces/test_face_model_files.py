@@ -12,6 +12,7 @@ from datakit.faces.model_files import DEFAULT_STACK_FILES, verified_model_files
 
 def test_explicit_yunet_without_models_dir_names_flag_and_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("DATAKIT_MODELS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # nothing fetched
     with pytest.raises(ModelNotFoundError) as error:
         build_face_stack("yunet")
     assert "--models-dir" in str(error.value) and "DATAKIT_MODELS_DIR" in str(error.value)
