@@ -9,6 +9,7 @@ the markers; ``overwrite`` starts over.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from datakit.config import BuildConfig
 from datakit.decode import VideoError
 from datakit.discover import SourceFile, discover, path_id
 from datakit.faces import FaceStack, build_face_stack
+from datakit.faces.model_files import resolve_models_dir
 from datakit.store import RunDir, write_atomic, write_json_atomic
 from datakit.video_job import VideoOutput, failed_output, process_video
 from pipelines.global_pass import run_global
@@ -187,7 +189,9 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     done = run.done_ids()
     todo = [s for s in unique if s.video_id not in done]
     write_json_atomic(run_record(cfg, stack, started, state="running"), run.root / "run.json")
-    timings = _run_videos(cfg, todo, progress, total=len(unique), already=len(unique) - len(todo))
+    timings = _run_videos(
+        _worker_config(cfg, stack), todo, progress, total=len(unique), already=len(unique) - len(todo)
+    )
     _record_duplicates(run, duplicates, unique)
     # Stage slot: captions (VLM) and clip quality scores run here, as a Ray Data map over `clips`
     # (a later issue); until then their columns stay null.
@@ -230,6 +234,18 @@ def _record_duplicates(run: RunDir, duplicates: list[SourceFile], unique: list[S
         write_atomic(
             pa.Table.from_pylist([row], schema=schema.VIDEOS), run.root / "videos" / f"{row['video_id']}.parquet"
         )
+
+
+def _worker_config(cfg: BuildConfig, stack: FaceStack) -> BuildConfig:
+    """The config the per-video workers get: the driver's choice of stack and models folder, pinned.
+
+    With ``auto`` and the per-user default folder, a cluster node without the files would otherwise
+    fall back to dlib on its own while run.json names the driver's stack; pinned, it fails loudly.
+    """
+    if cfg.backend != "auto":
+        return dataclasses.replace(cfg, models_dir=resolve_models_dir(cfg.models_dir))
+    backend = "yunet" if stack.name.startswith("yunet") else "dlib"
+    return dataclasses.replace(cfg, backend=backend, models_dir=resolve_models_dir(cfg.models_dir))
 
 
 def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, total: int, already: int) -> dict:
