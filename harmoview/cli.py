@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )  # fmt: skip
     summary = train(config, run)
-    if summary is not None and int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # every rank returns the summary; one prints it
         print(summary.format())
     return 0
 
@@ -96,7 +97,8 @@ def _cache(args: argparse.Namespace) -> int:
     from harmoview.recipes import get_recipe
 
     dist = init_distributed()
-    data = get_recipe(args.recipe).use_buckets(args.buckets or get_recipe(args.recipe).buckets).data
+    recipe = get_recipe(args.recipe)
+    data = recipe.use_buckets(args.buckets or recipe.buckets).data
     encoders = Encoders.load(
         encoder_paths(args), device=dist.device, text_len=args.text_len, vit_layers=tuple(args.vit_layers),
         **training_dtypes(resolve_bf16("auto", dist.device)),  # the trainer's dtypes: they are in the cache key
