@@ -33,15 +33,23 @@ class BuildConfig:
     max_clip_s: float = 10.0  #: longer shots are split into clips of at most this length
     track_iou: float = 0.3  #: minimum box IoU to continue a track between sampled frames
     track_max_gap_s: float = 1.0  #: a track ends after this long without a matching face
+    # --- tracking continuity (datakit/tracking.py) ---
+    # --- end tracking continuity ---
     #: smaller faces are tracked but not embedded: the embedder sees 150 px chips, and chips upsampled
     #: from tiny faces collapse towards one "blurry face" (measured with dlib: different people of
     #: 50-67 px at cosine 0.93-0.96, above its 0.91 operating point)
-    min_embed_px: float = 80.0
-    #: faces turned further than this are not embedded (profiles embed poorly, they join through tracks)
-    max_embed_yaw_deg: float = 45.0
+    #: None = the embedder's calibrated value (dlib: 80 px)
+    min_embed_px: float | None = None
+    #: faces turned further than this are not embedded (profiles embed poorly, they join through tracks);
+    #: None = the embedder's calibrated value (dlib: 45 deg)
+    max_embed_yaw_deg: float | None = None
     embed_per_track: int = 4  #: faces embedded per track (the best by quality); embedding dominates cost
     crops_per_track_view: int = 2  #: candidate reference crops kept per track and view bin
     references_per_view: int = 4  #: reference faces kept per identity and view bin
+    # --- reference crops and diversity (datakit/references.py) ---
+    # --- end reference crops and diversity ---
+    # --- track gates (datakit/gates.py): applied in the global pass, so changing one re-runs no model ---
+    # --- end track gates ---
     same_person_cosine: float | None = None  #: identity threshold; None = the embedder's calibrated value
     min_sample_s: float = 0.0  #: clips shorter than this make no training sample
     view_bins: ViewBins = field(default_factory=ViewBins)

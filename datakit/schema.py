@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = "1.0"
-PIPELINE_VERSION = "datakit-0.1.0"
+PIPELINE_VERSION = "datakit-0.2.0"
 
 #: Reference view slots / view bins, in the model's slot order (see datakit.views).
 VIEWS: tuple[str, ...] = ("frontal", "left", "right", "left_profile", "right_profile")
@@ -97,7 +97,8 @@ def tracks_schema(dim: int) -> pa.Schema:
             pa.field("track_id", pa.string(), nullable=False),
             pa.field("clip_id", pa.string(), nullable=False),
             pa.field("video_id", pa.string(), nullable=False),
-            pa.field("identity_id", pa.string()),
+            pa.field("identity_id", pa.string()),  # null when the track failed a gate (see drop_reason)
+            pa.field("drop_reason", pa.string()),  # null = kept; else the first gate it failed (datakit.gates)
             pa.field("start_s", pa.float64(), nullable=False),
             pa.field("end_s", pa.float64(), nullable=False),
             pa.field("num_faces", pa.int32(), nullable=False),

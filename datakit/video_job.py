@@ -168,6 +168,7 @@ def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, track
     timer["pose"] += time.perf_counter() - t_pose
     t_rest = time.perf_counter()
     keys = tracker.update(t_s, [f.bbox for f in faces])
+    min_px, max_yaw = embed_limits(cfg, stack)
     for slot, (face, key) in enumerate(zip(faces, keys, strict=True)):
         sharp = sharpness(frame, face.bbox)
         quality = face_quality(face, sharp, frame.shape)
@@ -192,9 +193,7 @@ def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, track
             )
         )
         kept = keep[key]
-        embeddable = face.face_px >= cfg.min_embed_px and (
-            face.yaw_deg is None or abs(face.yaw_deg) <= cfg.max_embed_yaw_deg
-        )
+        embeddable = face.face_px >= min_px and (face.yaw_deg is None or abs(face.yaw_deg) <= max_yaw)
         if embeddable and (len(kept.chips) < cfg.embed_per_track or quality > kept.chips[0][0]):
             t_chip = time.perf_counter()
             _keep_top(kept.chips, cfg.embed_per_track, (quality, no, stack.embedder.chip(frame, face)))
@@ -204,6 +203,15 @@ def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, track
             if len(heap) < cfg.crops_per_track_view or quality > heap[0][0]:
                 _keep_top(heap, cfg.crops_per_track_view, (quality, no, head_crop_jpeg(frame, face.bbox)))
     timer["track+quality"] += time.perf_counter() - t_rest
+
+
+def embed_limits(cfg: BuildConfig, stack: FaceStack) -> tuple[float, float]:
+    """(least face size px, largest |yaw| deg) of the faces worth embedding: the config's values, else the
+    embedder's own calibrated ones (each embedder degrades differently with size and pose)."""
+    emb = stack.embedder
+    min_px = cfg.min_embed_px if cfg.min_embed_px is not None else emb.min_embed_px
+    max_yaw = cfg.max_embed_yaw_deg if cfg.max_embed_yaw_deg is not None else emb.max_embed_yaw_deg
+    return float(min_px), float(max_yaw)
 
 
 def _embed(rows: list[_FaceRow], keep: dict[int, _TrackKeep], stack: FaceStack) -> None:

@@ -106,6 +106,9 @@ class Embedder(Protocol):
     dim: int
     #: cosine similarity above which two embeddings are taken as the same person (calibrated per model)
     same_person_cosine: float
+    #: faces smaller (px) or turned further (|yaw| deg) than these are not embedded: calibrated per model
+    min_embed_px: float
+    max_embed_yaw_deg: float
 
     def chip(self, frame_bgr: np.ndarray, face: Face) -> np.ndarray: ...
 

@@ -22,6 +22,9 @@ from datakit.faces.model_files import FSANET_FILES, INSIGHTFACE_PACK_ENV, verifi
 #: of insightface report 0.4-0.5 as conservative (deepinsight/insightface issue #168). 0.35 sits in the
 #: commonly used 0.3-0.4 band, on the strict side of the FAR 0.1% point.
 ARCFACE_SAME_PERSON_COSINE = 0.35
+#: ArcFace eligibility (provisional, to be calibrated): 112 px chips, margin-trained on pose-varied data.
+ARCFACE_MIN_EMBED_PX = 40.0
+ARCFACE_MAX_EMBED_YAW_DEG = 75.0
 PACK_HINT = f"pass --insightface-pack or set {INSIGHTFACE_PACK_ENV} to a local pack folder (e.g. buffalo_l)"
 
 
@@ -58,6 +61,8 @@ class ArcFaceEmbedder:
     """The pack's recognition model (ArcFace) on 112x112 ``norm_crop`` chips (BGR), L2-normalised."""
 
     same_person_cosine = ARCFACE_SAME_PERSON_COSINE
+    min_embed_px = ARCFACE_MIN_EMBED_PX
+    max_embed_yaw_deg = ARCFACE_MAX_EMBED_YAW_DEG
 
     def __init__(self, model, pack_name: str) -> None:
         self._model = model

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datakit.schema import PIPELINE_VERSION
 from tests.conftest import MODELS, STILLS, VIDEOS, build_in_subprocess
 
 pytestmark = pytest.mark.slow
@@ -140,7 +141,7 @@ def test_manifests_follow_the_contract_and_read_everywhere(demo):
     assert faces.schema.field("embedding").type == pa.list_(pa.float32(), 128)
     assert pq.read_table(run / "identities").schema.field("centroid").type == pa.list_(pa.float32(), 128)
     for table in ("videos", "clips", "faces", "tracks", "identities", "reference_views", "samples", "errors"):
-        assert set(read(run, table)["pipeline_version"].to_pylist()) <= {"datakit-0.1.0"}
+        assert set(read(run, table)["pipeline_version"].to_pylist()) <= {PIPELINE_VERSION}
     assert duckdb.sql(f"select count(*) from '{run}/faces/*.parquet'").fetchall()[0][0] == faces.num_rows
     ray_count = subprocess.run(
         [

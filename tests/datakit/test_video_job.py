@@ -32,7 +32,7 @@ def test_one_video_yields_consistent_tables_with_deterministic_ids(stack):
     for t in tracks.to_pylist():
         assert t["num_embedded"] <= 2
     assert all(
-        e is None or px >= cfg.min_embed_px
+        e is None or px >= stack.embedder.min_embed_px
         for e, px in zip(faces["embedding"].to_pylist(), faces["face_px"].to_pylist(), strict=True)
     )
 
