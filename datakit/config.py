@@ -31,9 +31,14 @@ class BuildConfig:
     shot_threshold: float = 27.0  #: PySceneDetect content-detector threshold
     min_shot_s: float = 0.5  #: a cut closer than this to the previous one is ignored
     max_clip_s: float = 10.0  #: longer shots are split into clips of at most this length
-    track_iou: float = 0.3  #: minimum box IoU to continue a track between sampled frames
+    track_iou: float = 0.3  #: box IoU (with the last or the predicted box) that is enough to continue a track
     track_max_gap_s: float = 1.0  #: a track ends after this long without a matching face
     # --- tracking continuity (datakit/tracking.py) ---
+    #: detections scoring between this and det_threshold may extend a live track, never start one (else they
+    #: are dropped); None = the detector's own low threshold (YuNet 0.5, dlib HOG 0.4, SCRFD 0.3)
+    track_low_score: float | None = None
+    track_max_shift: float = 1.5  #: largest face-centre move between two samples, in face sizes (see tracking)
+    track_max_scale: float = 1.6  #: largest face-size change factor between two linked detections
     # --- end tracking continuity ---
     #: smaller faces are tracked but not embedded: the embedder sees 150 px chips, and chips upsampled
     #: from tiny faces collapse towards one "blurry face" (measured with dlib: different people of
@@ -47,8 +52,23 @@ class BuildConfig:
     crops_per_track_view: int = 2  #: candidate reference crops kept per track and view bin
     references_per_view: int = 4  #: reference faces kept per identity and view bin
     # --- reference crops and diversity (datakit/references.py) ---
+    #: long side (px) of a reference crop (head box grown 1.6x); smaller when the source is smaller (never upscaled)
+    crop_max_side: int = 512
+    #: a track's candidate crops in one view bin are at least this far apart in time (the best crop, then the
+    #: best one this far from it, ...): two faces of one track fall to the near-duplicate threshold at a
+    #: median ~2 s apart on the shipped footage
+    crop_min_gap_s: float = 2.0
+    #: two crops of one (identity, view) whose 32x32 gray thumbnails correlate at least this much (normalised
+    #: cross-correlation) are near-duplicates and give one reference; see datakit/references.py for the numbers
+    near_duplicate_ncc: float = 0.80
     # --- end reference crops and diversity ---
     # --- track gates (datakit/gates.py): applied in the global pass, so changing one re-runs no model ---
+    #: a track's best detector score must reach this; None = the detector's own ``confident_score``
+    gate_min_det_score: float | None = None
+    gate_min_face_px: float = 40.0  #: a track's median face size (px) must reach this
+    #: a track's median sharpness must reach this (non-face blobs measured 1-6, usable faces >= 17)
+    gate_min_sharpness: float = 10.0
+    gate_min_landmark_ok: float = 0.5  #: least share of a track's faces with a face-like landmark layout
     # --- end track gates ---
     same_person_cosine: float | None = None  #: identity threshold; None = the embedder's calibrated value
     min_sample_s: float = 0.0  #: clips shorter than this make no training sample

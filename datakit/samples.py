@@ -12,6 +12,9 @@ reference crops per view slot the model is conditioned on:
   reference at all is left out (the model fills absent slots with its proxy tokens);
 - a person without any reference still appears, with an empty list (they are on screen).
 
+Each reference carries its JPEG ``crop`` and the ``face_box`` inside it (x0, y0, x1, y1 in crop pixels),
+so a trainer can re-crop around the face whatever the crop size.
+
 ``sample_id`` is ``"smp_" + sha1(clip_id)[:16]``: stable across re-runs.
 """
 
@@ -55,7 +58,9 @@ def _people_per_clip(tracks: pa.Table) -> dict[str, list[dict]]:
 def _references_by_slot(reference_views: pa.Table) -> dict[tuple[str, str], list[dict]]:
     """(identity_id, view) -> its references, best rank first."""
     by_slot: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in reference_views.select(["identity_id", "view", "rank", "face_id", "clip_id", "crop"]).to_pylist():
+    for row in reference_views.select(
+        ["identity_id", "view", "rank", "face_id", "clip_id", "crop", "face_box"]
+    ).to_pylist():
         by_slot[row["identity_id"], row["view"]].append(row)
     for rows in by_slot.values():
         rows.sort(key=lambda r: (r["rank"], r["face_id"]))
@@ -75,6 +80,7 @@ def _pick(candidates: list[dict], target_clip: str, refs_per_view: int) -> list[
             "clip_id": r["clip_id"],
             "same_clip": same_clip,
             "crop": r["crop"],
+            "face_box": r["face_box"],
         }
         for r in chosen
     ]

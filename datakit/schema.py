@@ -130,9 +130,11 @@ def identities_schema(dim: int) -> pa.Schema:
 CROPS = pa.schema(
     [
         pa.field("face_id", pa.string(), nullable=False),
-        pa.field("crop", pa.binary(), nullable=False),  # JPEG, head crop (box grown 1.6x), long side <= 256 px
+        pa.field("crop", pa.binary(), nullable=False),  # JPEG, head crop (box grown 1.6x), long side <= crop_max_side
         pa.field("crop_width", pa.int32(), nullable=False),
         pa.field("crop_height", pa.int32(), nullable=False),
+        pa.field("face_box", pa.list_(pa.float32(), 4), nullable=False),  # x0,y0,x1,y1 in crop pixels
+        pa.field("thumb", pa.binary(), nullable=False),  # 32x32 uint8 gray of the crop: near-duplicate descriptor
     ]
 )
 
@@ -152,6 +154,7 @@ REFERENCE_VIEWS = _with_version(
         pa.field("roll_deg", pa.float32()),
         pa.field("quality", pa.float32(), nullable=False),
         pa.field("crop", pa.binary(), nullable=False),
+        pa.field("face_box", pa.list_(pa.float32(), 4), nullable=False),  # x0,y0,x1,y1 in crop pixels
     ]
 )
 
@@ -162,6 +165,7 @@ SAMPLE_REFERENCE = pa.struct(
         pa.field("clip_id", pa.string()),
         pa.field("same_clip", pa.bool_()),  # true only when no other clip could supply this view
         pa.field("crop", pa.binary()),
+        pa.field("face_box", pa.list_(pa.float32(), 4)),  # x0,y0,x1,y1 in crop pixels
     ]
 )
 SAMPLE_IDENTITY = pa.struct(

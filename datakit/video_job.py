@@ -23,9 +23,10 @@ from datakit.config import BuildConfig
 from datakit.decode import DecodeStats, ProbeInfo, VideoError, iter_frames, probe
 from datakit.discover import SourceFile
 from datakit.faces import FaceStack
-from datakit.faces.quality import face_quality, head_crop_jpeg, sharpness
+from datakit.faces.quality import face_quality, head_crop, sharpness
+from datakit.references import offer_spread
 from datakit.shots import SCORE_WIDTH, ShotDetector, split_long
-from datakit.tracking import IouTracker
+from datakit.tracking import FaceTracker
 
 
 @dataclass(slots=True)
@@ -52,7 +53,7 @@ class _TrackKeep:
     """Bounded per-track memory: the best chips to embed and the best crops per view."""
 
     chips: list = field(default_factory=list)  # heap of (quality, face_no, chip)
-    crops: dict = field(default_factory=lambda: defaultdict(list))  # view -> heap of (quality, no, crop)
+    crops: dict = field(default_factory=lambda: defaultdict(list))  # view -> offer_spread pool of CropCandidate
 
 
 @dataclass(slots=True)
@@ -112,7 +113,7 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
     timer = defaultdict(float)
     stats = DecodeStats()
     shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
-    tracker = IouTracker(min_iou=cfg.track_iou, max_gap_s=cfg.track_max_gap_s)
+    tracker = FaceTracker.from_config(cfg, stack.detector)
     rows: list[_FaceRow] = []
     keep: dict[int, _TrackKeep] = defaultdict(_TrackKeep)
     next_sample_t, num_sampled = 0.0, 0
@@ -157,17 +158,21 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
 
 def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, tracker, rows, keep, timer) -> None:
     t_det = time.perf_counter()
-    faces = stack.detector.detect(frame)
+    # Down to the tracker's low score: such faces may extend a live track, never start one (datakit.tracking).
+    faces = stack.detector.detect(frame, min_score=tracker.low_score)
     faces = sorted((f for f in faces if f.face_px >= cfg.min_face_px), key=lambda f: f.bbox[0])
     timer["detect"] += time.perf_counter() - t_det
+    t_track = time.perf_counter()
+    keys = tracker.update(t_s, [f.bbox for f in faces], [f.det_score for f in faces], frame.shape[1::-1])
+    kept_pairs = [(f, k) for f, k in zip(faces, keys, strict=True) if k is not None]  # weak, unmatched: dropped
+    faces, keys = [f for f, _ in kept_pairs], [k for _, k in kept_pairs]
+    timer["track+quality"] += time.perf_counter() - t_track
     if not faces:
-        tracker.update(t_s, [])
         return
     t_pose = time.perf_counter()
     stack.pose.estimate(frame, faces)
     timer["pose"] += time.perf_counter() - t_pose
     t_rest = time.perf_counter()
-    keys = tracker.update(t_s, [f.bbox for f in faces])
     min_px, max_yaw = embed_limits(cfg, stack)
     for slot, (face, key) in enumerate(zip(faces, keys, strict=True)):
         sharp = sharpness(frame, face.bbox)
@@ -199,9 +204,10 @@ def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, track
             _keep_top(kept.chips, cfg.embed_per_track, (quality, no, stack.embedder.chip(frame, face)))
             timer["chip"] += time.perf_counter() - t_chip
         if view is not None:
-            heap = kept.crops[view]
-            if len(heap) < cfg.crops_per_track_view or quality > heap[0][0]:
-                _keep_top(heap, cfg.crops_per_track_view, (quality, no, head_crop_jpeg(frame, face.bbox)))
+            offer_spread(
+                kept.crops[view], cfg.crops_per_track_view, cfg.crop_min_gap_s, quality, t_s, no,
+                lambda box=face.bbox: head_crop(frame, box, max_side=cfg.crop_max_side),
+            )  # fmt: skip
     timer["track+quality"] += time.perf_counter() - t_rest
 
 
@@ -308,10 +314,17 @@ def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict
             }
         )
     crops = [
-        {"face_id": face_ids[no], "crop": jpeg, "crop_width": w, "crop_height": h}
+        {
+            "face_id": face_ids[c.no],
+            "crop": c.crop.jpeg,
+            "crop_width": c.crop.width,
+            "crop_height": c.crop.height,
+            "face_box": list(c.crop.face_box),
+            "thumb": c.crop.thumb,
+        }
         for kept in keep.values()
-        for heap in kept.crops.values()
-        for _, no, (jpeg, w, h) in heap
+        for pool in kept.crops.values()
+        for c in pool
     ]
     crops.sort(key=lambda r: r["face_id"])
     return _tables(stack.embedder.dim, videos_row, clips=clips, faces=faces, tracks=tracks, crops=crops, errors=errors)

@@ -2,7 +2,7 @@
 
     python manifests/make_sample.py
 
-The sample is a real ``datakit build`` output (default face stack), minus the internal ``_stage`` and
+The sample is a real ``datakit build`` output (default face stack), minus the internal ``_stage``, ``_attempts`` and
 ``_done`` folders, small enough to commit and to read in a notebook without running anything.
 """
 
@@ -29,7 +29,7 @@ def main() -> None:
         summary = build(BuildConfig(src=src, out=out, models_dir=SHARED / "models", workers=2), progress=False)
         target = HERE / "sample"
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(out, target, ignore=shutil.ignore_patterns("_stage", "_done", ".*"))
+        shutil.copytree(out, target, ignore=shutil.ignore_patterns("_stage", "_done", "_attempts", ".*"))
     print(summary.format())
 
 

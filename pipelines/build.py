@@ -146,6 +146,20 @@ def _init_ray(cfg: BuildConfig) -> None:
 
 #: settings that change how a run is executed but not what it writes: free to differ on resume
 _EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite"})
+#: settings read only by the global passes (gates, linking, references, samples): free to differ on resume,
+#: since those passes always run again over every video's stored output - no model re-runs
+GLOBAL_ONLY = frozenset(
+    {
+        "gate_min_det_score",
+        "gate_min_face_px",
+        "gate_min_sharpness",
+        "gate_min_landmark_ok",
+        "same_person_cosine",
+        "references_per_view",
+        "near_duplicate_ncc",
+        "min_sample_s",
+    }
+)
 #: output settings added later, with the value that a run.json written before them was built with
 _BEFORE_FIELD = {"detect_max_side": 0}
 
@@ -159,6 +173,12 @@ def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
     if not record.exists():
         return
     old = json.loads(record.read_text())
+    old_version = old.get("pipeline_version")
+    if old_version and old_version != schema.PIPELINE_VERSION:
+        raise RunConflictError(
+            f"{run.root} was built by {old_version}, this is {schema.PIPELINE_VERSION} (its manifests differ):"
+            " pass --overwrite to start over or choose another --out"
+        )
     old_stack = old.get("face_stack", {}).get("name")
     if old_stack and old_stack != stack.name:
         raise RunConflictError(
@@ -166,9 +186,9 @@ def _check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
             f"{stack.name!r}; pass --overwrite to start over or choose another --out"
         )
     old_cfg = old.get("config", {})
-    changed = sorted(
-        k for k, v in cfg.to_dict().items() if k not in _EXECUTION_ONLY and old_cfg.get(k, _BEFORE_FIELD.get(k, v)) != v
-    )
+    free = _EXECUTION_ONLY | GLOBAL_ONLY
+    new_cfg = {k: v for k, v in cfg.to_dict().items() if k not in free}
+    changed = sorted(k for k, v in new_cfg.items() if old_cfg.get(k, _BEFORE_FIELD.get(k, v)) != v)
     if changed:
         raise RunConflictError(
             f"{run.root} was built with other settings ({', '.join(changed)}); resuming would mix two "

@@ -41,6 +41,7 @@ class BuildSummary:
     num_clips: int
     num_faces: int
     num_tracks: int
+    tracks_dropped: dict[str, int]  # drop_reason -> tracks that failed that gate (datakit.gates)
     num_identities: int
     num_multi_video_identities: int
     num_reference_views: int
@@ -57,6 +58,8 @@ class BuildSummary:
         dim = stack.embedder.dim
         videos = run.read("videos", schema.VIDEOS)
         identities = run.read("identities", schema.identities_schema(dim))
+        tracks = run.read("tracks", schema.tracks_schema(dim))
+        dropped = Counter(r for r in tracks.column("drop_reason").to_pylist() if r is not None)
         multi = int(pc.sum(pc.greater(identities["num_videos"], 1)).as_py() or 0) if identities.num_rows else 0
         return cls(
             out=str(run.root),
@@ -65,7 +68,8 @@ class BuildSummary:
             videos=dict(Counter(videos["status"].to_pylist())),
             num_clips=run.read("clips", schema.CLIPS).num_rows,
             num_faces=run.read("faces", schema.faces_schema(dim)).num_rows,
-            num_tracks=run.read("tracks", schema.tracks_schema(dim)).num_rows,
+            num_tracks=tracks.num_rows,
+            tracks_dropped=dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
             num_identities=identities.num_rows,
             num_multi_video_identities=multi,
             num_reference_views=run.read("reference_views", schema.REFERENCE_VIEWS).num_rows,
@@ -92,7 +96,7 @@ class BuildSummary:
             *[f"               note: {n}" for n in self.stack_notes],
             f"  videos     : {sum(self.videos.values())} ({status})"
             + (f"; {self.resumed_videos} already done" if self.resumed_videos else ""),
-            f"  clips {self.num_clips}, faces {self.num_faces}, tracks {self.num_tracks}",
+            f"  clips {self.num_clips}, faces {self.num_faces}, tracks {self.num_tracks}" + self._dropped(),
             f"  identities {self.num_identities} ({self.num_multi_video_identities} in several videos), "
             f"reference views {self.num_reference_views}, samples {self.num_samples}",
             f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
@@ -100,6 +104,12 @@ class BuildSummary:
         if busiest:  # worker seconds summed over videos: where the time went
             lines.append("  time       : " + ", ".join(f"{k} {v:.1f} s" for k, v in busiest))
         return "\n".join(lines)
+
+    def _dropped(self) -> str:
+        if not self.tracks_dropped:
+            return ""
+        reasons = ", ".join(f"{reason} {n}" for reason, n in self.tracks_dropped.items())
+        return f" ({sum(self.tracks_dropped.values())} dropped by the gates: {reasons})"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -79,12 +79,20 @@ class Detector(Protocol):
 
     A detector may look at a shrunk copy of the frame (see :func:`shrink_for_detection`); pose,
     embedding and crops always use the full-resolution frame.
+
+    ``detect`` returns the faces scoring at least ``score_threshold``; ``detect(frame, min_score=...)``
+    also reports weaker detections down to ``min_score``: the tracker (datakit.tracking) lets those extend
+    a live track but never start one. ``low_score_threshold`` is the backend's default ``min_score`` there.
     """
 
     name: str
     sees_profiles: bool
+    score_threshold: float
+    low_score_threshold: float
+    #: the score a track must reach once to be a person, and a face to give a reference (datakit.gates)
+    confident_score: float
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
+    def detect(self, frame_bgr: np.ndarray, min_score: float | None = None) -> list[Face]: ...
 
 
 class PoseEstimator(Protocol):

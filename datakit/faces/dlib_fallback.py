@@ -23,6 +23,10 @@ HOG_UPSAMPLE_MAX_SIDE = 1024
 #: det_score = sigmoid(HOG_SCORE_SLOPE * svm_margin): the detector's own threshold (margin 0) maps to 0.5,
 #: a clear frontal face (margin ~1.5-3) to 0.95-1.
 HOG_SCORE_SLOPE = 2.0
+#: Lowest score reported for tracking (``detect(min_score=...)``; SVM margin -0.2): such faces may only
+#: extend a live track (datakit.tracking). Provisional, not calibrated on footage: HOG misses turned faces
+#: outright rather than scoring them low, so a small step below the detector's own threshold is enough.
+HOG_LOW_SCORE_THRESHOLD = 0.4
 
 # A generic adult head, in mm, in camera-like axes: x to the image right, y down, z away from the camera
 # (a frontal face has the identity rotation). Our own rough anthropometric averages, keyed by dlib's
@@ -90,31 +94,35 @@ class HogDetector:
     """dlib's HOG + linear SVM frontal face detector, with 5 landmarks from the 68-point predictor.
 
     HOG scans the frame shrunk to a long side of at most ``max_side`` px (0: full size); the 68 landmarks
-    are predicted on the full-resolution frame inside the box mapped back to it.
+    are predicted on the full-resolution frame inside the box mapped back to it. ``det_threshold`` is the
+    score of a face; ``detect(min_score=...)`` reports weaker detections too, for tracking.
     """
 
     name = "dlib-hog"
     sees_profiles = False
+    confident_score = 0.5  #: SVM margin 0, HOG's own decision boundary (see datakit.gates)
 
     def __init__(
         self, det_threshold: float = 0.5, upsample: int | None = None, max_side: int = DETECT_MAX_SIDE
     ) -> None:
         self._detector = dlib.get_frontal_face_detector()
         self._shape68 = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
-        det_threshold = min(max(det_threshold, 1e-3), 1 - 1e-3)
-        # The SVM margin whose sigmoid is det_threshold.
-        self._adjust_threshold = math.log(det_threshold / (1 - det_threshold)) / HOG_SCORE_SLOPE
+        self.score_threshold = min(max(det_threshold, 1e-3), 1 - 1e-3)
+        self.low_score_threshold = min(HOG_LOW_SCORE_THRESHOLD, self.score_threshold)
         self.upsample = upsample
         self.max_side = max_side
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        """Faces in one BGR frame, best score first; ``extra["landmarks68"]`` holds the 68 points."""
+    def detect(self, frame_bgr: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces in one BGR frame scoring at least ``min_score`` (default: ``score_threshold``), best score
+        first; ``extra["landmarks68"]`` holds the 68 points."""
+        floor = min(max(self.score_threshold if min_score is None else min_score, 1e-3), 1 - 1e-3)
+        adjust_threshold = math.log(floor / (1 - floor)) / HOG_SCORE_SLOPE  # the SVM margin whose sigmoid is floor
         upsample = self.upsample
         if upsample is None:
             upsample = 1 if max(frame_bgr.shape[:2]) <= HOG_UPSAMPLE_MAX_SIDE else 0
         small, (fx, fy) = shrink_for_detection(frame_bgr, self.max_side)
         small_rgb = np.ascontiguousarray(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-        rects, margins, _ = self._detector.run(small_rgb, upsample, self._adjust_threshold)
+        rects, margins, _ = self._detector.run(small_rgb, upsample, adjust_threshold)
         rgb = small_rgb if small is frame_bgr else None
         faces = []
         for rect, margin in zip(rects, margins, strict=True):

@@ -15,16 +15,29 @@ import numpy as np
 from datakit.faces.base import Face, FaceStack, ModelNotFoundError
 from datakit.faces.model_files import FSANET_FILES, INSIGHTFACE_PACK_ENV, verified_model_files
 
-#: ArcFace (insightface recognition models) same-person cosine. No recognition pack is available offline
-#: here, so it is taken from published operating points, not measured: 0.28 is ArcFace's threshold at
-#: FAR = 0.1% on LFW (Deb et al., AdvFaces, github.com/ronny3050/AdvFaces issue #7); py-feat measured
-#: buffalo_l's w600k_r50 at most 0.35 between five different people (cosanlab/py-feat PR #284); users
-#: of insightface report 0.4-0.5 as conservative (deepinsight/insightface issue #168). 0.35 sits in the
-#: commonly used 0.3-0.4 band, on the strict side of the FAR 0.1% point.
-ARCFACE_SAME_PERSON_COSINE = 0.35
-#: ArcFace eligibility (provisional, to be calibrated): 112 px chips, margin-trained on pose-varied data.
-ARCFACE_MIN_EMBED_PX = 40.0
+#: ArcFace (insightface recognition models) same-person cosine, measured on real faces rather than taken from
+#: published operating points (0.28 at FAR 0.1% on LFW; 0.3-0.4 used in practice). benchmarks/
+#: calibrate_embedders.py, 2026-12-01, with the real int8 MobileFaceNet pack in ../shared/models
+#: (insightface_sc_int8), SCRFD boxes, FSA-Net yaw, 395 labelled faces of 13 people (stills at full size and
+#: shrunk to 32-64 px, the shipped videos), track-level means as the linker sees them, faces >= 24 px and
+#: |yaw| <= 75 deg: different people at most 0.314 (two women of the Hamilton audience, both turned 58-75 deg;
+#: frontal pairs at most 0.25); the same person across sources 0.378-0.97, the low end being Barack Obama's
+#: ~70 deg audience face against his frontal stills (0.38-0.46). 0.36 sits in that gap (0.314 .. 0.378),
+#: leaning away from the different-people side: a bigger corpus holds many more pairs of different people.
+#: Full profiles (75+ deg) against frontal faces score 0.13-0.31: they join through their tracks only.
+ARCFACE_SAME_PERSON_COSINE = 0.36
+#: ArcFace eligibility, same calibration: shrunk stills of 24-40 px still score 0.35-0.94 with their own
+#: person and at most 0.22 with others, but video faces that small are blurrier than shrunk stills, so the
+#: floor keeps a margin at 32 px. Up to 75 deg the same person stays above the threshold in 99% of track
+#: pairs; beyond it (full profiles) same-person scores fall to 0.13-0.31, inside the different-people range.
+ARCFACE_MIN_EMBED_PX = 32.0
 ARCFACE_MAX_EMBED_YAW_DEG = 75.0
+#: SCRFD's own default face threshold, and the lowest score reported for tracking (``detect(min_score=...)``):
+#: such faces may only extend a live track (datakit.tracking). Measured with the insightface_sc_int8 pack
+#: (SCRFD-500M) on Lacamoire's Hamilton close-up: his turned face scores 0.33-0.44 at frames 50-80, so at
+#: 0.5 his track ends at frame 40; at 0.3 it runs 20-80 and the other tracks of the shot only gain frames.
+SCRFD_SCORE_THRESHOLD = 0.5
+SCRFD_LOW_SCORE_THRESHOLD = 0.3
 PACK_HINT = f"pass --insightface-pack or set {INSIGHTFACE_PACK_ENV} to a local pack folder (e.g. buffalo_l)"
 
 
@@ -33,16 +46,23 @@ class InsightFaceDetector:
 
     insightface's 5 keypoints are ordered like YuNet's (the eye on the image left first), i.e. our order.
     When the pack has ``landmark_3d_68`` (1k3d68), its 68 points go to ``extra["landmarks68"]``.
+    ``score_threshold`` is the score of a face; ``detect(min_score=...)`` reports weaker detections too, for
+    tracking (the pack's detector threshold is set per call; its NMS keeps the higher score).
     """
 
     sees_profiles = True
+    #: SCRFD's faces score 0.7-0.9 on the shipped footage; insightface's own threshold is 0.5 (datakit.gates)
+    confident_score = 0.6
 
-    def __init__(self, app, pack_name: str) -> None:
+    def __init__(self, app, pack_name: str, score_threshold: float = SCRFD_SCORE_THRESHOLD) -> None:
         self._app = app
         self.name = f"insightface:{pack_name}:{type(app.det_model).__name__.lower()}"
+        self.score_threshold = score_threshold
+        self.low_score_threshold = min(SCRFD_LOW_SCORE_THRESHOLD, score_threshold)
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        """Faces in one BGR frame, best score first."""
+    def detect(self, frame_bgr: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces in one BGR frame scoring at least ``min_score`` (default: ``score_threshold``), best first."""
+        self._app.det_model.det_thresh = self.score_threshold if min_score is None else min_score
         faces = []
         for found in self._app.get(frame_bgr):
             x0, y0, x1, y1 = (float(v) for v in found.bbox[:4])
@@ -101,7 +121,8 @@ def build_insightface_stack(pack: str | Path | None, models_dir: Path | None, de
     pack_dir = Path(pack).expanduser().resolve()
     if not pack_dir.is_dir() or not any(pack_dir.glob("*.onnx")):
         raise ModelNotFoundError(f"no insightface pack (*.onnx files) at {pack_dir}: {PACK_HINT}")
-    app = _load_app(pack_dir, det_threshold)
+    threshold = SCRFD_SCORE_THRESHOLD if det_threshold is None else det_threshold
+    app = _load_app(pack_dir, threshold)
     notes: list[str] = []
     recognition = app.models.pop("recognition", None)  # embedded later, in batches, on chosen faces only
     if recognition is not None:
@@ -114,11 +135,15 @@ def build_insightface_stack(pack: str | Path | None, models_dir: Path | None, de
     pose = _pose_for(app, models_dir, notes)
     name = f"insightface:{pack_dir.name}+{pose.name}+{embedder.name.split(':')[-1]}"
     return FaceStack(
-        name=name, detector=InsightFaceDetector(app, pack_dir.name), pose=pose, embedder=embedder, notes=notes
+        name=name,
+        detector=InsightFaceDetector(app, pack_dir.name, threshold),
+        pose=pose,
+        embedder=embedder,
+        notes=notes,
     )
 
 
-def _load_app(pack_dir: Path, det_threshold: float | None):
+def _load_app(pack_dir: Path, det_threshold: float):
     import onnxruntime as ort
     from insightface.app import FaceAnalysis
 
@@ -133,7 +158,8 @@ def _load_app(pack_dir: Path, det_threshold: float | None):
     )
     # SCRFD already detects on the frame resized to fit 640x640 (below the default detect_max_side), so
     # no shrinking of ours: the pack's 68-point landmark model then still crops from the full frame.
-    app.prepare(ctx_id=-1, det_thresh=0.5 if det_threshold is None else det_threshold, det_size=(640, 640))
+    # det_thresh is the face threshold; InsightFaceDetector.detect lowers it per call for tracking.
+    app.prepare(ctx_id=-1, det_thresh=det_threshold, det_size=(640, 640))
     return app
 
 

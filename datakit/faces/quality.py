@@ -1,4 +1,5 @@
-"""Face quality: sharpness, a 0..1 quality score, and the JPEG head crop kept as a reference image.
+"""Face quality: sharpness, a 0..1 quality score, and the JPEG head crop kept as a reference image
+(:func:`head_crop`: up to ``CROP_MAX_SIDE`` px, with the face box inside it and a near-duplicate thumbnail).
 
 ``face_quality`` is the product of five factors, each in 0..1, so a face is only as good as its weakest
 aspect and the result stays in 0..1:
@@ -17,6 +18,7 @@ aspect and the result stays in 0..1:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -68,13 +70,36 @@ def face_quality(face: Face, sharpness: float, frame_shape: tuple[int, ...]) -> 
     return float(min(max(size * sharp * det * frontal * edge, 0.0), 1.0))
 
 
-def head_crop_jpeg(
-    frame_bgr: np.ndarray, bbox: tuple[float, float, float, float], scale: float = 1.6, max_side: int = 256
-) -> tuple[bytes, int, int]:
-    """The reference head crop: the box grown ``scale`` x around its centre, clipped to the frame, resized
-    so its long side is at most ``max_side``, JPEG quality 90. Returns (jpeg bytes, width, height)."""
+#: Default long side (px) of a reference crop: big enough for training at 480p/720p; never upscaled.
+CROP_MAX_SIDE = 512
+#: Side (px) of the gray thumbnail of a crop that ``datakit.references`` compares to find near-duplicates.
+THUMB_SIDE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class HeadCrop:
+    """A reference head crop: JPEG bytes, their size, the face box inside them, and a small gray thumbnail."""
+
+    jpeg: bytes
+    width: int
+    height: int
+    face_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in crop pixels, clipped to the crop
+    thumb: bytes  # THUMB_SIDE x THUMB_SIDE uint8 gray of the whole crop (squashed to a square), row-major
+
+
+def head_crop(
+    frame_bgr: np.ndarray, bbox: tuple[float, float, float, float], *, scale: float = 1.6, max_side: int = CROP_MAX_SIDE
+) -> HeadCrop:
+    """The reference head crop of one face: the box grown ``scale`` x around its centre, clipped to the frame,
+    shrunk (never enlarged) so its long side is at most ``max_side``, JPEG quality 90.
+
+    ``face_box`` is the detector box in the crop's pixels (same scale as the JPEG), clipped to the crop where
+    the face is cut by the frame edge, so a trainer can re-crop around the face. ``thumb`` is the crop region
+    shrunk to ``THUMB_SIDE`` px gray (from the frame, before JPEG): the near-duplicate descriptor of
+    :mod:`datakit.references`.
+    """
     height, width = frame_bgr.shape[:2]
-    x0, y0, x1, y1 = bbox
+    x0, y0, x1, y1 = (float(v) for v in bbox)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half_w, half_h = scale * (x1 - x0) / 2, scale * (y1 - y0) / 2
     grown = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
@@ -82,12 +107,32 @@ def head_crop_jpeg(
     if right - left < 1 or bottom - top < 1:
         raise ValueError(f"box {bbox} lies outside the {width}x{height} frame")
     crop = frame_bgr[top:bottom, left:right]
+    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    thumb = cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    factor_x = factor_y = 1.0
     long_side = max(crop.shape[:2])
     if long_side > max_side:
         factor = max_side / long_side
         size = (max(round(crop.shape[1] * factor), 1), max(round(crop.shape[0] * factor), 1))
+        factor_x, factor_y = size[0] / crop.shape[1], size[1] / crop.shape[0]
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
     ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
-    return encoded.tobytes(), int(crop.shape[1]), int(crop.shape[0])
+    out_w, out_h = crop.shape[1], crop.shape[0]
+    face_box = (
+        min(max((x0 - left) * factor_x, 0.0), out_w),
+        min(max((y0 - top) * factor_y, 0.0), out_h),
+        min(max((x1 - left) * factor_x, 0.0), out_w),
+        min(max((y1 - top) * factor_y, 0.0), out_h),
+    )
+    return HeadCrop(encoded.tobytes(), int(crop.shape[1]), int(crop.shape[0]), face_box, thumb.tobytes())
+
+
+def head_crop_jpeg(
+    frame_bgr: np.ndarray, bbox: tuple[float, float, float, float], scale: float = 1.6, max_side: int = 256
+) -> tuple[bytes, int, int]:
+    """:func:`head_crop`'s JPEG only, long side at most ``max_side`` (256 by default: photo references).
+    Returns (jpeg bytes, width, height)."""
+    crop = head_crop(frame_bgr, bbox, scale=scale, max_side=max_side)
+    return crop.jpeg, crop.width, crop.height

@@ -11,6 +11,12 @@ from datakit.faces.base import DETECT_MAX_SIDE, Face, faces_to_source, shrink_fo
 
 #: Profile faces score 0.6-0.87 with YuNet; OpenCV's default 0.9 drops every one of them.
 YUNET_SCORE_THRESHOLD = 0.6
+#: Lowest score reported for tracking (``detect(min_score=...)``): such faces may only extend a live track
+#: (datakit.tracking). Measured on Lacamoire's Hamilton close-up (frames 20-81): his turned, edge-cut face
+#: scores 0.57 at sampled frame 70 and 0.28 at frame 60. 0.5 recovers frame 70 and makes his appearance
+#: one track; at 0.4-0.3 the blurred non-face tracks of that shot start taking weaker blob boxes (a 0.40
+#: non-face box at frame 80 joins one), and frame 60 only comes at 0.28. Shipped run: 3 low-score rows.
+YUNET_LOW_SCORE_THRESHOLD = 0.5
 
 
 class YuNetDetector:
@@ -19,6 +25,10 @@ class YuNetDetector:
     The input size follows each (shrunk) frame's size; boxes and landmarks are mapped back to the source
     frame. ``max_side=0`` runs at full frame size, which on 4K frames gives phantom boxes for large faces.
 
+    ``score_threshold`` is the score of a face (the one a track may start from); ``detect(min_score=...)``
+    reports weaker detections too, down to ``min_score``. Non-maximum suppression keeps the higher score, so
+    the faces at or above ``score_threshold`` are the same whatever ``min_score`` is.
+
     YuNet's landmark order (right eye, left eye, nose tip, right and left mouth corner, the subject's
     sides, so the first eye is the one on the image left of a frontal face) is the order of
     :mod:`datakit.faces.base`, so landmarks pass through unchanged.
@@ -26,6 +36,10 @@ class YuNetDetector:
 
     name = "yunet-2023mar"
     sees_profiles = True
+    #: a track must reach this score once to be a person, and a face to give a reference (datakit.gates):
+    #: every face track of the shipped footage peaks at 0.86-0.96; motion-blurred turned heads (the back of
+    #: Lacamoire's head) and dark blobs score 0.6-0.7
+    confident_score = 0.7
 
     def __init__(
         self,
@@ -35,6 +49,7 @@ class YuNetDetector:
         max_side: int = DETECT_MAX_SIDE,
     ) -> None:
         self.score_threshold = score_threshold
+        self.low_score_threshold = min(YUNET_LOW_SCORE_THRESHOLD, score_threshold)
         self.max_side = max_side
         # OpenCV 5 warns on every create that its new graph engine ignores target selection: noise for users.
         level = cv2.utils.logging.getLogLevel()
@@ -44,9 +59,15 @@ class YuNetDetector:
         finally:
             cv2.utils.logging.setLogLevel(level)
         self._input_size: tuple[int, int] = (320, 320)
+        self._net_threshold = score_threshold
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        """Faces in one BGR frame (source pixels), best score first."""
+    def detect(self, frame_bgr: np.ndarray, min_score: float | None = None) -> list[Face]:
+        """Faces in one BGR frame (source pixels) scoring at least ``min_score`` (default: the
+        ``score_threshold``), best score first."""
+        floor = self.score_threshold if min_score is None else min_score
+        if floor != self._net_threshold:
+            self._net.setScoreThreshold(floor)
+            self._net_threshold = floor
         small, factors = shrink_for_detection(frame_bgr, self.max_side)
         height, width = small.shape[:2]
         if (width, height) != self._input_size:

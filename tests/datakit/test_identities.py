@@ -33,6 +33,7 @@ def make_tracks(embeddings, *, clips=None, videos=None, times=None, views=None) 
             "clip_id": clips,
             "video_id": videos,
             "identity_id": pa.nulls(n, pa.string()),
+            "drop_reason": pa.nulls(n, pa.string()),
             "start_s": [t[0] for t in times],
             "end_s": [t[1] for t in times],
             "num_faces": [3] * n,

@@ -43,6 +43,7 @@ def make_tracks(rows: list[tuple[str, str, str | None, float, float]]) -> pa.Tab
             "clip_id": [r[1] for r in rows],
             "video_id": ["v" + r[1][0] for r in rows],
             "identity_id": [r[2] for r in rows],
+            "drop_reason": pa.nulls(n, pa.string()),
             "start_s": [r[3] for r in rows],
             "end_s": [r[4] for r in rows],
             "num_faces": [1] * n,
@@ -74,6 +75,7 @@ def make_refs(rows: list[tuple[str, str, int, str, str]]) -> pa.Table:
             "roll_deg": [0.0] * n,
             "quality": [0.5] * n,
             "crop": [r[3].encode() for r in rows],
+            "face_box": [[1.0, 2.0, 3.0 + i, 4.0] for i in range(n)],
             "pipeline_version": [PIPELINE_VERSION] * n,
         }
     ).cast(REFERENCE_VIEWS)
@@ -133,6 +135,7 @@ def test_prefers_other_clips_and_falls_back_to_the_same_clip():
     assert got == [("frontal", "pf_b1", False), ("left", "pl_a1", True)]  # rank 1 from b1 beats rank 0
     q = a1["identities"][0]
     assert [(r["face_id"], r["same_clip"], r["crop"]) for r in q["references"]] == [("qr_a1", True, b"qr_a1")]
+    assert q["references"][0]["face_box"] == [1.0, 2.0, 6.0, 4.0]  # the crop's face box travels with it
     # In b1, p's best frontal (from a1) is another clip's.
     b1_refs = samples["b1"]["identities"][0]["references"]
     assert [(r["face_id"], r["same_clip"]) for r in b1_refs] == [("pf_a1", False), ("pl_a1", False)]

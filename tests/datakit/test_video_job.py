@@ -38,7 +38,7 @@ def test_one_video_yields_consistent_tables_with_deterministic_ids(stack):
 
 
 def test_a_library_failure_inside_a_video_becomes_an_error_row(stack, monkeypatch):
-    def broken(frame):
+    def broken(frame, min_score=None):
         raise RuntimeError("detector exploded")
 
     monkeypatch.setattr(stack.detector, "detect", broken)
