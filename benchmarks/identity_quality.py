@@ -15,10 +15,12 @@ truth of :mod:`benchmarks.media_truth`:
 - the stills-video facts (obama 3x: one face per frame, same view and identity as 1x and the weekly
   addresses; Miranda's still video joins his Hamilton track; Lacamoire's close-up is one identity);
 - YuNet detect time per 720p frame with ``detect_max_side`` 0 vs 960 (median of repeats);
-- ``--small-faces``: YuNet recall on composed 3840x2160 frames with faces of 24-160 px at detect_max_side
-  960 / 1920 / 0 and with 960 + tiles, i.e. whether bounded-size detection loses small faces at 4K.
+- ``--small-faces``: YuNet recall on composed 3840x2160 (and 1920x1080) frames with faces of 24-160 px (and
+  large close-ups) at detect_max_side 960 / 1280 / 1920 / 0 and with 960 + tiles, i.e. whether bounded-size
+  detection loses small faces at 4K.
 
-    python -m benchmarks.identity_quality [--stacks yunet,dlib,insightface] [--out report.md] [--small-faces]
+    python -m benchmarks.identity_quality [--stacks yunet,dlib,insightface,yunet:nogates] [--out report.md]
+        [--small-faces] [--workers 2] [--keep DIR]
 
 No timing asserts: it prints side-by-side tables (and writes them to ``--out``).
 """
@@ -93,11 +95,23 @@ def make_source(folder: Path) -> Path:
 # --------------------------------------------------------------------------------------------------- build
 
 
+#: ``<stack>:nogates`` runs the stack with every track gate opened (where the config has them): the
+#: gates' effect, measured on the same code
+NO_GATES = {"gate_min_det_score": 0.0, "gate_min_face_px": 0.0, "gate_min_sharpness": 0.0, "gate_min_landmark_ok": 0.0}
+
+
 def run_build(stack: str, src: Path, out: Path, workers: int) -> tuple[dict, float]:
+    import dataclasses
+
     from datakit.config import BuildConfig
     from pipelines.build import build
 
-    cfg = BuildConfig(src=src, out=out, models_dir=MODELS_DIR, workers=workers, overwrite=True, **STACKS[stack])
+    base, _, variant = stack.partition(":")
+    extra = dict(STACKS[base])
+    if variant == "nogates":
+        names = {f.name for f in dataclasses.fields(BuildConfig)}
+        extra.update({k: v for k, v in NO_GATES.items() if k in names})
+    cfg = BuildConfig(src=src, out=out, models_dir=MODELS_DIR, workers=workers, overwrite=True, **extra)
     t0 = time.perf_counter()
     summary = build(cfg, progress=False)
     return summary.to_dict() if hasattr(summary, "to_dict") else dict(vars(summary)), time.perf_counter() - t0
@@ -340,11 +354,17 @@ def detect_time(max_sides: tuple[int, ...] = (0, 960), frames: int = 12, repeats
     return out
 
 
-# -------------------------------------------------------------------------------------- 4K small faces
+# ----------------------------------------------------------------------------------- 4K / 1080p small faces
 
 
-def compose_4k_frames(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 1400), per_frame: int = 12, seed: int = 0):
-    """3840x2160 frames with pasted faces of known size: (frame, [(box, size)]) list.
+def compose_frames(
+    sizes=(24, 32, 48, 64, 96, 160),
+    large=(320, 600, 900, 1400),
+    per_frame: int = 12,
+    seed: int = 0,
+    frame_size: tuple[int, int] = (3840, 2160),
+):
+    """``frame_size`` (default 3840x2160) frames with pasted faces of known size: (frame, [(box, size)]) list.
 
     Each still is shrunk (INTER_AREA) so that its face (YuNet box on the still, sqrt area) is the target
     size, and pasted with its surroundings onto a 4K background (a shipped no-face frame, upscaled) on a
@@ -357,6 +377,7 @@ def compose_4k_frames(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 140
     from datakit.faces.yunet import YuNetDetector
 
     rng = np.random.default_rng(seed)
+    fw, fh = frame_size
     det = YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=0)
     stills = []
     for name in ("obama.jpg", "biden2.jpg", "lin-manuel-miranda.png", "alex-lacamoire.png", "obama2.jpg", "biden.jpg"):
@@ -369,10 +390,10 @@ def compose_4k_frames(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 140
     backgrounds = []
     for item in iter_frames(path, probe(path).fps, DecodeStats()):
         if item.index % 30 == 0:
-            backgrounds.append(cv2.resize(item.bgr(), (3840, 2160), interpolation=cv2.INTER_CUBIC))
+            backgrounds.append(cv2.resize(item.bgr(), (fw, fh), interpolation=cv2.INTER_CUBIC))
     frames = []
     cells_x, cells_y = 4, 3
-    cw, ch = 3840 // cells_x, 2160 // cells_y
+    cw, ch = fw // cells_x, fh // cells_y
     for n, size_order in enumerate(range(len(sizes))):
         frame = backgrounds[n % len(backgrounds)].copy()
         truth = []
@@ -384,11 +405,11 @@ def compose_4k_frames(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 140
             cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 1.25 * face_px
             a0, b0 = int(max(cx - half, 0)), int(max(cy - half, 0))
             a1, b1 = int(min(cx + half, img.shape[1])), int(min(cy + half, img.shape[0]))
-            patch = cv2.resize(img[b0:b1, a0:a1], None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            patch = cv2.resize(img[b0:b1, a0:a1], None, fx=s, fy=s, interpolation=cv2.INTER_AREA)[:ch, :cw]
             gx, gy = cell % cells_x, cell // cells_x
             ox = gx * cw + int(rng.integers(0, max(cw - patch.shape[1], 1)))
             oy = gy * ch + int(rng.integers(0, max(ch - patch.shape[0], 1)))
-            frame[oy : oy + patch.shape[0], ox : ox + patch.shape[1]] = patch[:ch, :cw]
+            frame[oy : oy + patch.shape[0], ox : ox + patch.shape[1]] = patch
             box = ((x0 - a0) * s + ox, (y0 - b0) * s + oy, (x1 - a0) * s + ox, (y1 - b0) * s + oy)
             truth.append((box, size))
         frames.append((frame, truth))
@@ -398,11 +419,11 @@ def compose_4k_frames(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 140
         s = size / face_px
         scaled = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
         cx, cy = (x0 + x1) / 2 * s, (y0 + y1) / 2 * s  # face centre in the scaled still
-        # a 3840x2160 window of the scaled still, centred on the face where the still allows
-        wx = int(min(max(cx - 1920, 0), max(scaled.shape[1] - 3840, 0)))
-        wy = int(min(max(cy - 1080, 0), max(scaled.shape[0] - 2160, 0)))
-        patch = scaled[wy : wy + 2160, wx : wx + 3840]
-        oy, ox = (2160 - patch.shape[0]) // 2, (3840 - patch.shape[1]) // 2
+        # a frame-size window of the scaled still, centred on the face where the still allows
+        wx = int(min(max(cx - fw / 2, 0), max(scaled.shape[1] - fw, 0)))
+        wy = int(min(max(cy - fh / 2, 0), max(scaled.shape[0] - fh, 0)))
+        patch = scaled[wy : wy + fh, wx : wx + fw]
+        oy, ox = (fh - patch.shape[0]) // 2, (fw - patch.shape[1]) // 2
         frame[oy : oy + patch.shape[0], ox : ox + patch.shape[1]] = patch
         box = (x0 * s - wx + ox, y0 * s - wy + oy, x1 * s - wx + ox, y1 * s - wy + oy)
         frames.append((frame, [(box, size)]))
@@ -440,23 +461,24 @@ def _tiled(det, frame, tiles=(2, 2), overlap=0.15):
     return [faces[int(k)] for k in np.asarray(keep).reshape(-1)]
 
 
-def small_faces(sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 1400)) -> dict:
-    """YuNet recall per pasted face size on 4K frames, per detection setting; extra boxes (not matching a
-    pasted face: phantoms or false positives) on the grid frames and on the large-face frames; time."""
+def small_faces(
+    sizes=(24, 32, 48, 64, 96, 160), large=(320, 600, 900, 1400), frame_size: tuple[int, int] = (3840, 2160)
+) -> dict:
+    """YuNet recall per pasted face size on composed frames (default 4K), per detection setting; extra boxes
+    (not matching a pasted face: phantoms or false positives) on the grid frames and on the large-face
+    frames; time."""
     from datakit.faces.yunet import YuNetDetector
 
-    frames = compose_4k_frames(sizes, large)
+    frames = compose_frames(sizes, large, frame_size=frame_size)
     sizes = tuple(sizes) + tuple(sorted(set(large)))
-    settings = {
-        "max_side 960": (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=960), False),
-        "max_side 1280": (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=1280), False),
-        "max_side 1920": (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=1920), False),
-        "full 3840 (0)": (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=0), False),
-        f"960 + 2x2 tiles (faces < {TILE_MAX_FACE_PX:.0f} px)": (
-            YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=960),
-            True,
-        ),
-    }
+    long_side = max(frame_size)
+    sides = [side for side in (960, 1280, 1920) if side < long_side]
+    settings = {f"max_side {side}": (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=side), False) for side in sides}
+    settings[f"full {long_side} (0)"] = (YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=0), False)
+    settings[f"960 + 2x2 tiles (faces < {TILE_MAX_FACE_PX:.0f} px)"] = (
+        YuNetDetector(MODELS_DIR / YUNET_FILE, max_side=960),
+        True,
+    )
     out = {}
     for name, (det, tiled) in settings.items():
         hits, totals, extra, extra_large, seconds = Counter(), Counter(), 0, 0, []
@@ -582,11 +604,11 @@ def print_detect_time(times: dict[int, dict]) -> None:
     print()
 
 
-def print_small_faces(res: dict) -> None:
+def print_small_faces(res: dict, frame_size: tuple[int, int] = (3840, 2160)) -> None:
     sizes = list(next(iter(res.values()))["recall"])
     print(
-        "YuNet recall on composed 3840x2160 frames (6 grid frames x 12 pasted faces of 24-160 px, then one frame"
-        " per large face; face = sqrt(box area) px; hit = IoU >= 0.3):\n"
+        f"YuNet recall on composed {frame_size[0]}x{frame_size[1]} frames (6 grid frames x 12 pasted faces of"
+        " 24-160 px, then one frame per large face; face = sqrt(box area) px; hit = IoU >= 0.3):\n"
     )
     print(
         "| setting | "
@@ -605,7 +627,11 @@ def print_small_faces(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stacks", default="yunet,dlib,insightface", help="comma list of: " + ", ".join(STACKS))
+    parser.add_argument(
+        "--stacks",
+        default="yunet,dlib,insightface",
+        help="comma list of: " + ", ".join(STACKS) + "; append :nogates to open every track gate (e.g. yunet:nogates)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the printed report to this file")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers per build")
     parser.add_argument("--small-faces", action="store_true", help="also measure 4K small-face recall")
@@ -614,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
     for s in stacks:
-        if s not in STACKS:
+        if s.partition(":")[0] not in STACKS or s.partition(":")[2] not in ("", "nogates"):
             parser.error(f"unknown stack {s!r}; choose from {', '.join(STACKS)}")
     buffer = io.StringIO()
 
@@ -632,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
             src = make_source(work / "src")
             results = {}
             for stack in stacks:
-                out = work / f"run_{stack}"
+                out = work / f"run_{stack.replace(':', '_')}"
                 summary, wall = run_build(stack, src, out, args.workers)
                 results[stack] = score(out, summary)
                 results[stack]["wall_s"] = wall
@@ -645,6 +671,7 @@ def main(argv: list[str] | None = None) -> None:
         print_detect_time(detect_time())
         if args.small_faces:
             print_small_faces(small_faces())
+            print_small_faces(small_faces(large=(320, 600, 900), frame_size=(1920, 1080)), (1920, 1080))
     if args.out:
         args.out.write_text(buffer.getvalue())
 

@@ -56,11 +56,19 @@ CLIPS = _with_version(
         pa.field("num_frames", pa.int64(), nullable=False),
         pa.field("num_faces", pa.int32(), nullable=False),
         pa.field("num_tracks", pa.int32(), nullable=False),
-        # Quality columns: filled by the quality stage (a later issue); null until then.
-        pa.field("aesthetic_score", pa.float32()),
+        # Quality scores (datakit.clip_quality): per-video measures, and the open_clip ones when configured.
         pa.field("motion_score", pa.float32()),
+        pa.field("sharpness", pa.float32()),
+        pa.field("brightness", pa.float32()),
+        pa.field("main_face_px", pa.float32()),
+        pa.field("face_share", pa.float32()),
+        pa.field("aesthetic_score", pa.float32()),  # null unless an aesthetic head is configured
+        pa.field("clip_score", pa.float32()),  # image-text score; null unless open_clip and a caption exist
+        pa.field("drop_reason", pa.string()),  # null = kept; else the first clip filter failed (datakit.filters)
+        # Captions (datakit.captions): null when no captioner is configured.
         pa.field("caption", pa.string()),
         pa.field("caption_model", pa.string()),
+        pa.field("caption_prompt_version", pa.string()),
     ]
 )
 

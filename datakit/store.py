@@ -3,9 +3,9 @@
 Layout (``<out>/``)::
 
     run.json                    config, face stack, versions, counts, timings
-    videos/ clips/ faces/ errors/   one Parquet file per video (<video_id>.parquet), written per video
-    tracks/ identities/ reference_views/ samples/   written by the global pass (part-NNNNN.parquet)
-    _stage/tracks/ _stage/crops/    per-video inputs of the global pass
+    videos/ faces/ errors/      one Parquet file per video (<video_id>.parquet), written per video
+    clips/ tracks/ identities/ reference_views/ samples/   written by the global passes (part-NNNNN.parquet)
+    _stage/clips/ _stage/tracks/ _stage/crops/    per-video inputs of the global passes
     _done/<video_id>.json           completion marker, written last, after every file of the video
     _attempts/<video_id>.json       how many workers started on the video (to give up on one that crashes)
 
@@ -25,9 +25,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PER_VIDEO_TABLES = ("videos", "clips", "faces", "errors")
-STAGE_TABLES = ("tracks", "crops")
-GLOBAL_TABLES = ("tracks", "identities", "reference_views", "samples")
+PER_VIDEO_TABLES = ("videos", "faces", "errors")
+#: per-video outputs that the global passes complete (clips get filters and captions, tracks identities)
+STAGE_TABLES = ("clips", "tracks", "crops")
+GLOBAL_TABLES = ("clips", "tracks", "identities", "reference_views", "samples")
 ROWS_PER_PART = 100_000
 # Tables that carry image bytes get small row groups: a trainer reading one sample's crops reads one
 # row group (a few MB), not a whole part of up to 100k rows (GBs of JPEGs).

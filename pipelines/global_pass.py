@@ -22,16 +22,20 @@ from datakit.store import RunDir
 
 
 def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
-    """Gate tracks, link identities, pick references, emit samples; write the four global tables. Returns
-    timings."""
+    """Every global pass in order: identities (gates, linking, references), then clips and samples."""
+    seconds = identity_pass(run, cfg, stack)
+    seconds.update(clip_pass(run, cfg, stack))
+    return seconds
+
+
+def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
+    """Gate tracks, link identities, pick references; writes ``tracks``, ``identities``, ``reference_views``."""
     dim = stack.embedder.dim
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     faces = run.read("faces", schema.faces_schema(dim))
     tracks = run.read("tracks", schema.tracks_schema(dim), stage=True)
     crops = run.read("crops", schema.CROPS, stage=True)
-    clips = run.read("clips", schema.CLIPS)
-    videos = run.read("videos", schema.VIDEOS)
     seconds["read"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -58,16 +62,29 @@ def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, flo
         near_duplicate_ncc=cfg.near_duplicate_ncc,
     )
     seconds["references"] = time.perf_counter() - t
+    for name, table in (("tracks", tracks), ("identities", identities), ("reference_views", refs)):
+        run.replace_table(name, table)
+    return seconds
+
+
+def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
+    """Complete the per-video clips (captions, scores, filters) and emit the training samples from the kept
+    clips; writes ``clips`` and ``samples``. Cheap: it re-runs no model, so it runs again whenever filters or
+    captions change."""
+    dim = stack.embedder.dim
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    clips = run.read("clips", schema.CLIPS, stage=True)
+    tracks = run.read("tracks", schema.tracks_schema(dim))
+    linked = tracks.filter(pc.is_valid(tracks.column("identity_id")))
+    refs = run.read("reference_views", schema.REFERENCE_VIEWS)
+    videos = run.read("videos", schema.VIDEOS)
+    clips = clips.take(pc.sort_indices(clips, [("clip_id", "ascending")]))
+    seconds["clips"] = time.perf_counter() - t
 
     t = time.perf_counter()
     samples = build_samples(clips, linked, refs, videos, min_clip_s=cfg.min_sample_s)
     seconds["samples"] = time.perf_counter() - t
-
-    for name, table in (
-        ("tracks", tracks),
-        ("identities", identities),
-        ("reference_views", refs),
-        ("samples", samples),
-    ):
-        run.replace_table(name, table)
+    run.replace_table("clips", clips)
+    run.replace_table("samples", samples)
     return seconds

@@ -14,7 +14,7 @@ DIM = 4
 def make_clips(rows: list[tuple[str, str, float, float]]) -> pa.Table:
     """Clips from (clip_id, video_id, start_s, end_s)."""
     n = len(rows)
-    return pa.table(
+    table = pa.table(
         {
             "clip_id": [r[0] for r in rows],
             "video_id": [r[1] for r in rows],
@@ -25,13 +25,15 @@ def make_clips(rows: list[tuple[str, str, float, float]]) -> pa.Table:
             "num_frames": [10] * n,
             "num_faces": [1] * n,
             "num_tracks": [1] * n,
-            "aesthetic_score": pa.nulls(n, pa.float32()),
-            "motion_score": pa.nulls(n, pa.float32()),
             "caption": [f"caption of {r[0]}" for r in rows],
-            "caption_model": pa.nulls(n, pa.string()),
             "pipeline_version": [PIPELINE_VERSION] * n,
         }
-    ).cast(CLIPS)
+    )
+    # every other column (scores, drop_reason, caption model ...) is null
+    missing = [f for f in CLIPS if f.name not in table.column_names]
+    for field in missing:
+        table = table.append_column(field, pa.nulls(n, field.type))
+    return table.select(CLIPS.names).cast(CLIPS)
 
 
 def make_tracks(rows: list[tuple[str, str, str | None, float, float]]) -> pa.Table:
