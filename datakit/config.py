@@ -24,8 +24,9 @@ class BuildConfig:
     backend: str = "auto"  #: face stack: auto | yunet | dlib | insightface
     insightface_pack: Path | None = None  #: local insightface pack (buffalo_l, ...); $DATAKIT_INSIGHTFACE_PACK
     det_threshold: float | None = None  #: detector score threshold; None = the backend's default
-    #: the detector sees each frame shrunk to this long side (px; 0 = full size): YuNet at 4K finds two or
-    #: three phantom boxes for one large face. insightface keeps its own 640 px det_size.
+    #: the detector sees each frame shrunk to this long side (px; 0 = full size): YuNet at full 4K size finds
+    #: two or three phantom boxes for one large face. A frame shrunk by more than half gets a second look at
+    #: half size for small faces only (datakit.faces.base). insightface keeps its own 640 px det_size.
     detect_max_side: int = 960
     min_face_px: float = 24.0  #: faces smaller than this (sqrt of box area) are ignored
     shot_threshold: float = 27.0  #: PySceneDetect content-detector threshold
@@ -70,9 +71,62 @@ class BuildConfig:
     gate_min_sharpness: float = 10.0
     gate_min_landmark_ok: float = 0.5  #: least share of a track's faces with a face-like landmark layout
     # --- end track gates ---
+    # --- clip filters (datakit/filters.py) ---
+    # Thresholds over the clip quality scores (datakit/clip_quality.py), applied in the global pass: a failed
+    # clip keeps its drop_reason and makes no sample; changing one re-runs no model (`datakit filter`).
+    # None = off. Defaults drop only clearly unusable clips; numbers measured on the shipped footage.
+    #: clips shorter than this (s) are dropped (too_short): under two sampled frames at 3 fps, no motion
+    #: score, and far below what video models train on; the shipped clips are 0.67-10 s (the shortest are
+    #: whole test videos of 0.75 s), so the default keeps them all
+    filter_min_duration_s: float | None = 0.5
+    #: mean luma (0..1) below this is too dark (too_dark): a black or fade-out clip measures ~0; the darkest
+    #: usable shipped clip (a dim stage, hamilton_white_house) measures 0.064, that clip at a quarter of its
+    #: light 0.03; talking heads 0.25-0.65
+    filter_min_brightness: float | None = 0.03
+    #: share of sampled frames with a face below this = no face or a passing glimpse (few_faces); shipped:
+    #: clips with a person 0.24-1.0, no_face.mp4 and the face-less half of face_then_noface_hevc.mov 0.0
+    filter_min_face_share: float | None = 0.05
+    #: the main face's median size (px) must reach this (small_face); off: the track gates already require
+    #: 40 px per track (gate_min_face_px); shipped main faces 45-352 px (carphone QCIF 56)
+    filter_min_main_face_px: float | None = None
+    #: Laplacian variance at 320 px wide below this is blurry (blurry): shipped clips 79-1728 (the lowest a
+    #: fast move in hamilton_white_house, QCIF carphone upscaled 93); a Gaussian blur of sigma 1 px brings
+    #: a sharp frame to 18-55, of sigma 2 px to 4-11
+    filter_min_sharpness: float | None = 15.0
+    #: motion (frame widths per second) below this is static (static); off: talking heads measure 0.003-0.03
+    #: (obama_weekly_address_2 0.0033) and a frozen frame ~0, too close for a default
+    filter_min_motion: float | None = None
+    #: motion above this is too much (too_much_motion); off: the Foreman hand-held pan measures 0.10, the
+    #: busiest shipped clip, and is usable
+    filter_max_motion: float | None = None
+    filter_min_aesthetic: float | None = None  #: low_aesthetic; off: the scale depends on the configured head
+    filter_min_clip_score: float | None = None  #: low_clip_score; off: the scale depends on the open_clip model
+    #: local open_clip folder (open_clip_config.json + open_clip_model.safetensors) for clip_score and the
+    #: aesthetic head's image embeddings (datakit.clip_quality.ClipScorer); None = those scores stay null
+    clip_model_dir: Path | None = None
+    #: local .pth/.safetensors aesthetic head over the CLIP image embedding (LAION aesthetic predictor layout)
+    aesthetic_head: Path | None = None
+    # --- end clip filters ---
     same_person_cosine: float | None = None  #: identity threshold; None = the embedder's calibrated value
     min_sample_s: float = 0.0  #: clips shorter than this make no training sample
     view_bins: ViewBins = field(default_factory=ViewBins)
+    # --- captions (datakit/captions) ---
+    #: caption backend: none (no captions) | qwen2.5-vl (local checkpoint) | openai (chat-completions server)
+    captioner: str = "none"
+    caption_model_dir: Path | None = None  #: qwen2.5-vl: local Qwen2-VL/2.5-VL/3-VL checkpoint folder (offline)
+    caption_base_url: str | None = None  #: openai: server base URL, e.g. http://host:8000/v1 (vLLM)
+    caption_api_model: str | None = None  #: openai: the served model name (recorded as caption_model)
+    caption_api_key_env: str = "OPENAI_API_KEY"  #: openai: environment variable holding the API key, if any
+    caption_prompt_version: str = "v1"  #: prompt template (datakit/captions/prompts.py), recorded per caption
+    caption_frames: int = 8  #: frames sampled evenly from each clip
+    caption_max_pixels: int = 448 * 448  #: pixel budget per frame (width * height); frames are shrunk to it
+    caption_max_new_tokens: int = 256  #: longest caption, in tokens (greedy decoding)
+    caption_batch_size: int = 4  #: clips per model call (qwen2.5-vl) / per stage batch written to disk
+    caption_concurrency: int = 8  #: openai: requests in flight at once
+    caption_timeout_s: float = 120.0  #: openai: seconds to wait for one answer
+    caption_retries: int = 3  #: openai: retries of a timed-out / 429 / 5xx request (exponential backoff)
+    caption_retry_backoff_s: float = 1.0  #: openai: first backoff; doubles on each retry
+    # --- end captions ---
     overwrite: bool = False  #: start over instead of resuming
 
     def __post_init__(self) -> None:

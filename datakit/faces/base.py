@@ -25,6 +25,29 @@ import numpy as np
 #: Default long side (px) of the frame a detector sees. YuNet at full 4K size reports two or three
 #: displaced boxes for one ~600 px face (det 0.6-0.72, wrong yaw); at <= 960 px it finds one.
 DETECT_MAX_SIDE = 960
+#: Small faces in very large frames: YuNet needs a face of ~16-20 px after the shrink, so at 4K the 960 px
+#: bound (a 0.25 shrink) loses faces under ~96 px (48 px: 1 in 4 found). A frame shrunk by more than half
+#: gets a second pass at half size that may only *add* faces smaller than ``SMALL_FACE_PX`` (in first-pass
+#: pixels) where the first pass found none; large faces always come from the first pass, because at half
+#: size a big close-up gives phantom boxes again (biden2.jpg scaled 3x: two boxes at 1706 px, one at 960).
+#: Measured (benchmarks/identity_quality.py --small-faces): a second look at half size finds every face
+#: from 48 px up at 4K, for ~3x the first pass's cost; up to 1080p nothing changes.
+SECOND_PASS_SCALE = 0.5
+SMALL_FACE_PX = 32.0
+
+
+def add_small_faces(first: list[Face], second: list[Face], limit_px: float) -> list[Face]:
+    """``first`` plus the faces of ``second`` smaller than ``limit_px`` whose centre lies in no box of
+    ``first`` (both in source pixels), best score first."""
+    boxes = [f.bbox for f in first]
+    extra = []
+    for face in second:
+        if face.face_px >= limit_px:
+            continue
+        cx, cy = (face.bbox[0] + face.bbox[2]) / 2, (face.bbox[1] + face.bbox[3]) / 2
+        if not any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
+            extra.append(face)
+    return sorted(first + extra, key=lambda face: -face.det_score)
 
 
 @dataclass(slots=True)

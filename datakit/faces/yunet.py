@@ -7,7 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datakit.faces.base import DETECT_MAX_SIDE, Face, faces_to_source, shrink_for_detection
+from datakit.faces.base import (
+    DETECT_MAX_SIDE,
+    SECOND_PASS_SCALE,
+    SMALL_FACE_PX,
+    Face,
+    add_small_faces,
+    faces_to_source,
+    shrink_for_detection,
+)
 
 #: Profile faces score 0.6-0.87 with YuNet; OpenCV's default 0.9 drops every one of them.
 YUNET_SCORE_THRESHOLD = 0.6
@@ -69,6 +77,16 @@ class YuNetDetector:
             self._net.setScoreThreshold(floor)
             self._net_threshold = floor
         small, factors = shrink_for_detection(frame_bgr, self.max_side)
+        faces = faces_to_source(self._run(small), factors)
+        if factors[0] > 1 / SECOND_PASS_SCALE:  # shrunk by more than half: look again for small faces
+            long_side = max(frame_bgr.shape[:2])
+            half, half_factors = shrink_for_detection(frame_bgr, round(long_side * SECOND_PASS_SCALE))
+            second = faces_to_source(self._run(half), half_factors)
+            faces = add_small_faces(faces, second, SMALL_FACE_PX * factors[0])
+        return faces
+
+    def _run(self, small: np.ndarray) -> list[Face]:
+        """YuNet on a frame as given (its own pixels), best score first."""
         height, width = small.shape[:2]
         if (width, height) != self._input_size:
             self._net.setInputSize((width, height))
@@ -87,4 +105,4 @@ class YuNetDetector:
                 )
             )
         faces.sort(key=lambda face: -face.det_score)
-        return faces_to_source(faces, factors)
+        return faces

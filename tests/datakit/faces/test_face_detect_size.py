@@ -70,3 +70,20 @@ def test_fallback_detector_maps_back(fallback_stack, obama_3x):
     [big_face] = fallback_stack.detect(big)
     assert np.allclose(np.array(big_face.bbox) / 3, small_face.bbox, rtol=0.1, atol=15)
     assert np.allclose(big_face.extra["landmarks68"] / 3, small_face.extra["landmarks68"], atol=10)
+
+
+def test_small_faces_in_a_4k_frame_are_found_by_the_second_look(default_stack, still):
+    """48-64 px faces in a 3840x2160 frame are ~12-16 px after the 960 px shrink: too small for YuNet."""
+    from datakit.faces.base import SMALL_FACE_PX
+
+    face = still("obama.jpg")[60:560, 330:660]  # the head of the still, ~330 px wide
+    frame = np.full((2160, 3840, 3), 110, np.uint8)
+    spots = [(300, 400), (900, 1700), (1500, 3000), (600, 2600)]
+    for (y, x), width in zip(spots, (64, 72, 80, 96), strict=True):
+        small = cv2.resize(face, (width, round(width * face.shape[0] / face.shape[1])), interpolation=cv2.INTER_AREA)
+        frame[y : y + small.shape[0], x : x + small.shape[1]] = small
+    found = default_stack.detector.detect(frame)
+    centres = [((f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2) for f in found]
+    hits = sum(any(x <= cx <= x + 100 and y <= cy <= y + 140 for cx, cy in centres) for y, x in spots)
+    assert hits == len(spots) and len(found) == len(spots)
+    assert all(f.face_px < SMALL_FACE_PX * 4 for f in found)
