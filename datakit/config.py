@@ -161,3 +161,19 @@ class BuildConfig:
             data["view_bins"] = ViewBins(**data["view_bins"])
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
+
+    @classmethod
+    def from_run(cls, root: str | Path, **overrides: object) -> BuildConfig:
+        """The config a finished or interrupted run was built with (its ``run.json``), ``overrides``
+        (non-None) applied; ``out`` is the run folder. Fields unknown to this version are ignored."""
+        record = Path(root) / "run.json"
+        if not record.exists():
+            raise FileNotFoundError(f"{root}: no run.json (not a datakit run folder; run `datakit build` first)")
+        data = json.loads(record.read_text()).get("config", {})
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if isinstance(data.get("view_bins"), dict):
+            data["view_bins"] = ViewBins(**data["view_bins"])
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        data.update(out=Path(root), overwrite=False)
+        return cls(**data)

@@ -196,6 +196,19 @@ SAMPLES = _with_version(
     ]
 )
 
+#: Identity-disjoint train/eval assignment (datakit.splits): one row per identity and one per sample.
+SPLITS = _with_version(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # identity | sample
+        pa.field("item_id", pa.string(), nullable=False),  # the identity_id or sample_id
+        pa.field("split", pa.string(), nullable=False),  # train | eval | excluded (samples only)
+        pa.field("identity_ids", pa.list_(pa.string()), nullable=False),  # a sample's people; [itself] for identity
+        pa.field("reason", pa.string()),  # why: forced (--eval-identities), random, or a sample's exclusion
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("eval_fraction", pa.float64(), nullable=False),
+    ]
+)
+
 ERRORS = _with_version(
     [
         pa.field("stage", pa.string(), nullable=False),  # discover | probe | decode | faces | global ...

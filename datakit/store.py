@@ -117,7 +117,7 @@ class RunDir:
 
     def clear(self) -> None:
         """Delete every manifest, marker and record of this run (``--overwrite``)."""
-        names = {"run.json", "_done", "_stage", "_attempts", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
+        names = {"run.json", "_done", "_stage", "_attempts", "_index", "splits", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
         for name in names:
             path = self.root / name
             if path.is_dir():

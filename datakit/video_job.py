@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from datakit import schema
+from datakit.clip_quality import QualityScan
 from datakit.config import BuildConfig
 from datakit.decode import DecodeStats, ProbeInfo, VideoError, iter_frames, probe
 from datakit.discover import SourceFile
@@ -116,6 +117,7 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
     tracker = FaceTracker.from_config(cfg, stack.detector)
     rows: list[_FaceRow] = []
     keep: dict[int, _TrackKeep] = defaultdict(_TrackKeep)
+    quality = QualityScan()  # clip quality scores (datakit.clip_quality): a few numbers per sampled frame
     next_sample_t, num_sampled = 0.0, 0
     t0 = time.perf_counter()
     frames = iter_frames(src.path, info.fps, stats)
@@ -138,6 +140,9 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
         t_dec = time.perf_counter()
         frame = item.bgr()
         timer["decode"] += time.perf_counter() - t_dec
+        t_quality = time.perf_counter()
+        quality.add(index, t_s, frame, cut=new_shot)
+        timer["clip_quality"] += time.perf_counter() - t_quality
         _faces_in_frame(frame, index, t_s, stack, cfg, tracker, rows, keep, timer)
     timer["total"] = time.perf_counter() - t0
     if stats.num_frames == 0:
@@ -152,7 +157,7 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
     videos_row.update(status=status, num_frames=stats.num_frames, error=stats.error.message if stats.error else None)
     if not videos_row.get("duration_s"):
         videos_row["duration_s"] = segments[-1].end_s if segments else None
-    tables = _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors)
+    tables = _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors, quality)
     return VideoOutput(tables, status, dict(timer), stats.num_frames, num_sampled)
 
 
@@ -240,7 +245,7 @@ def _error_row(exc: VideoError, src: SourceFile) -> dict:
     }
 
 
-def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict[str, pa.Table]:
+def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors, quality=None) -> dict[str, pa.Table]:
     """Turn the scan's rows into the per-video tables, with deterministic ids."""
     vid = src.video_id
     clip_ids = [f"{vid}_c{n:04d}" for n in range(len(segments))]
@@ -298,6 +303,9 @@ def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict
             }
         )
     tracks.sort(key=lambda t: t["track_id"])
+    scores = (quality or QualityScan()).clip_scores(
+        starts, [r.frame_index for r in rows], [r.track_key for r in rows], [r.face_px for r in rows]
+    )
     clips = []
     for c, seg in enumerate(segments):
         clips.append(
@@ -311,6 +319,7 @@ def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors) -> dict
                 "num_frames": seg.num_frames,
                 "num_faces": sum(1 for x in clip_of if x == c),
                 "num_tracks": per_clip.get(c, 0),
+                **scores[c],
             }
         )
     crops = [

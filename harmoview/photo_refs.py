@@ -14,18 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from harmoview.config import VIEW_SLOTS
 
 if TYPE_CHECKING:
     from datakit.faces import FaceStack
     from datakit.views import ViewBins
-
-DETECT_MAX_SIDE = 1280
-"""Photos are shrunk to this long side first: the detectors are trained around 640 px and a full-size phone
-photo (4000 px) turns one face into several phantom boxes; the reference crop is 256 px at most anyway."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,25 +69,6 @@ def load_face_stack(models_dir: str | Path | None = None) -> FaceStack:
     return build_face_stack("auto", models_dir=models_dir)
 
 
-def _read_bgr(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"reference photo {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            rgb = np.array(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"reference photo {path} is not a readable image ({exc})") from exc
-    bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # BGR, as the face stacks take frames
-    long_side = max(bgr.shape[:2])
-    if long_side > DETECT_MAX_SIDE:
-        import cv2
-
-        factor = DETECT_MAX_SIDE / long_side
-        size = (max(round(bgr.shape[1] * factor), 1), max(round(bgr.shape[0] * factor), 1))
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    return bgr
-
-
 def route_photo(
     ref: PhotoRef, stack: FaceStack, *, face: int | None = None, bins: ViewBins | None = None
 ) -> RoutedPhoto:
@@ -101,7 +77,9 @@ def route_photo(
     from datakit.views import ViewBins
 
     bins = bins or ViewBins()
-    frame = _read_bgr(ref.path)
+    from datakit.photos import read_photo_bgr
+
+    frame = read_photo_bgr(ref.path)
     faces = sorted(stack.detect(frame), key=lambda f: f.bbox[0])  # left to right: --face N counts from the left
     if not faces:
         raise ValueError(f"no face found in reference photo {ref.path} (face stack {stack.name})")

@@ -21,6 +21,8 @@ import ray
 from tqdm import tqdm
 
 from datakit import schema
+from datakit.captions import caption_clips
+from datakit.captions.base import validate as validate_captioner
 from datakit.config import BuildConfig
 from datakit.decode import VideoError
 from datakit.discover import SourceFile, discover, path_id
@@ -28,7 +30,7 @@ from datakit.faces import FaceStack, build_face_stack
 from datakit.faces.model_files import resolve_models_dir
 from datakit.store import RunDir, write_atomic, write_json_atomic
 from datakit.video_job import VideoOutput, failed_output, process_video
-from pipelines.global_pass import run_global
+from pipelines.global_pass import clip_pass, run_global
 from pipelines.run_info import BuildSummary, run_record
 
 MAX_ATTEMPTS = 3  #: a video that killed this many workers is recorded as failed instead of tried again
@@ -158,6 +160,10 @@ GLOBAL_ONLY = frozenset(
         "references_per_view",
         "near_duplicate_ncc",
         "min_sample_s",
+        # clip filters (datakit/filters.py): applied in clip_pass
+        *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("filter_")),
+        # captions: a stage of their own, resumable per clip; captions of another model/prompt are added
+        *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("caption")),
     }
 )
 #: output settings added later, with the value that a run.json written before them was built with
@@ -202,6 +208,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     run = RunDir(cfg.out)
     stack = _make_stack(cfg)
     _check_resume(cfg, run, stack)
+    validate_captioner(cfg)  # a wrong caption setting fails now, not after the face models ran
     run.root.mkdir(parents=True, exist_ok=True)
     run.clean_temporaries()
     sources = discover(cfg.src)
@@ -213,13 +220,23 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
         _worker_config(cfg, stack), todo, progress, total=len(unique), already=len(unique) - len(todo)
     )
     _record_duplicates(run, duplicates, unique)
-    # Stage slot: captions (VLM) and clip quality scores run here, as a Ray Data map over `clips`
-    # (a later issue); until then their columns stay null.
     t_global = time.perf_counter()
     global_seconds = run_global(run, cfg, stack)
     timings["global"] = time.perf_counter() - t_global
+    # Captions (datakit.captions): the kept clips of `clips`, on a Ray actor pool, resumable per clip; then
+    # the clip pass again so that the captions reach `clips` and `samples`.
+    captions = caption_clips(run, cfg, progress=progress)
+    if captions.configured:
+        timings["captions"] = captions.seconds
+        global_seconds.update({f"recaption.{k}": v for k, v in clip_pass(run, cfg, stack).items()})
     summary = BuildSummary.from_run(
-        run, stack, global_seconds, wall_s=time.time() - started, resumed=len(unique) - len(todo), stage_seconds=timings
+        run,
+        stack,
+        global_seconds,
+        wall_s=time.time() - started,
+        resumed=len(unique) - len(todo),
+        stage_seconds=timings,
+        captions=captions,
     )
     write_json_atomic(run_record(cfg, stack, started, state="finished", summary=summary), run.root / "run.json")
     return summary

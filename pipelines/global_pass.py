@@ -12,8 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit import schema
+from datakit.captions import attach_captions
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
+from datakit.filters import apply_clip_filters
 from datakit.gates import GateThresholds, apply_gates, reference_candidates
 from datakit.identities import build_identities, link_identities
 from datakit.references import select_references
@@ -67,14 +69,15 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
     return seconds
 
 
-def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
+def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack | None, *, dim: int | None = None) -> dict[str, float]:
     """Complete the per-video clips (captions, scores, filters) and emit the training samples from the kept
     clips; writes ``clips`` and ``samples``. Cheap: it re-runs no model, so it runs again whenever filters or
-    captions change."""
-    dim = stack.embedder.dim
+    captions change. ``stack`` only gives the embedding width: pass ``dim`` instead to run without models."""
+    dim = dim if dim is not None else stack.embedder.dim
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     clips = run.read("clips", schema.CLIPS, stage=True)
+    clips = attach_captions(clips, run, cfg)  # datakit.captions: from _stage/captions, latest per clip
     tracks = run.read("tracks", schema.tracks_schema(dim))
     linked = tracks.filter(pc.is_valid(tracks.column("identity_id")))
     refs = run.read("reference_views", schema.REFERENCE_VIEWS)
@@ -83,7 +86,12 @@ def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, floa
     seconds["clips"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    samples = build_samples(clips, linked, refs, videos, min_clip_s=cfg.min_sample_s)
+    clips = apply_clip_filters(clips, cfg)  # drop_reason per clip (datakit.filters); samples from kept clips
+    seconds["filters"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    kept = clips.filter(pc.is_null(clips.column("drop_reason")))
+    samples = build_samples(kept, linked, refs, videos, min_clip_s=cfg.min_sample_s)
     seconds["samples"] = time.perf_counter() - t
     run.replace_table("clips", clips)
     run.replace_table("samples", samples)

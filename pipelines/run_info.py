@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.compute as pc
 
 from datakit import schema
+from datakit.captions import NOT_CONFIGURED_HINT, CaptionSummary
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
 from datakit.store import RunDir
@@ -26,6 +27,8 @@ _PACKAGES = (
     "scenedetect",
     "ray",
     "insightface",
+    "transformers",  # captions (qwen2.5-vl backend)
+    "torch",
     "harmoview-toolkit",
 )
 
@@ -42,6 +45,7 @@ class BuildSummary:
     num_faces: int
     num_tracks: int
     tracks_dropped: dict[str, int]  # drop_reason -> tracks that failed that gate (datakit.gates)
+    clips_dropped: dict[str, int]  # drop_reason -> clips that failed that filter (datakit.filters)
     num_identities: int
     num_multi_video_identities: int
     num_reference_views: int
@@ -50,26 +54,39 @@ class BuildSummary:
     resumed_videos: int
     wall_s: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: caption stage (datakit.captions): this run's counts, and clips that hold a caption now
+    captions: dict = field(default_factory=dict)
 
     @classmethod
     def from_run(
-        cls, run: RunDir, stack: FaceStack, global_seconds: dict, *, wall_s: float, resumed: int, stage_seconds: dict
+        cls,
+        run: RunDir,
+        stack: FaceStack,
+        global_seconds: dict,
+        *,
+        wall_s: float,
+        resumed: int,
+        stage_seconds: dict,
+        captions: CaptionSummary | None = None,
     ) -> BuildSummary:
         dim = stack.embedder.dim
         videos = run.read("videos", schema.VIDEOS)
         identities = run.read("identities", schema.identities_schema(dim))
         tracks = run.read("tracks", schema.tracks_schema(dim))
         dropped = Counter(r for r in tracks.column("drop_reason").to_pylist() if r is not None)
+        clips = run.read("clips", schema.CLIPS)
+        clips_dropped = Counter(r for r in clips.column("drop_reason").to_pylist() if r is not None)
         multi = int(pc.sum(pc.greater(identities["num_videos"], 1)).as_py() or 0) if identities.num_rows else 0
         return cls(
             out=str(run.root),
             face_stack=stack.name,
             stack_notes=list(stack.notes),
             videos=dict(Counter(videos["status"].to_pylist())),
-            num_clips=run.read("clips", schema.CLIPS).num_rows,
+            num_clips=clips.num_rows,
             num_faces=run.read("faces", schema.faces_schema(dim)).num_rows,
             num_tracks=tracks.num_rows,
             tracks_dropped=dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
+            clips_dropped=dict(sorted(clips_dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
             num_identities=identities.num_rows,
             num_multi_video_identities=multi,
             num_reference_views=run.read("reference_views", schema.REFERENCE_VIEWS).num_rows,
@@ -80,6 +97,10 @@ class BuildSummary:
             stage_seconds={
                 **{k: round(v, 3) for k, v in stage_seconds.items()},
                 **{f"global.{k}": round(v, 3) for k, v in global_seconds.items()},
+            },
+            captions={
+                **(captions.to_dict() if captions else {"captioner": "none"}),
+                "clips_with_caption": int(pc.sum(pc.is_valid(clips["caption"])).as_py() or 0),
             },
         )
 
@@ -96,23 +117,36 @@ class BuildSummary:
             *[f"               note: {n}" for n in self.stack_notes],
             f"  videos     : {sum(self.videos.values())} ({status})"
             + (f"; {self.resumed_videos} already done" if self.resumed_videos else ""),
-            f"  clips {self.num_clips}, faces {self.num_faces}, tracks {self.num_tracks}" + self._dropped(),
+            f"  clips {self.num_clips}"
+            + _dropped(self.clips_dropped, "filters")
+            + f", faces {self.num_faces}, tracks {self.num_tracks}"
+            + _dropped(self.tracks_dropped, "gates"),
             f"  identities {self.num_identities} ({self.num_multi_video_identities} in several videos), "
             f"reference views {self.num_reference_views}, samples {self.num_samples}",
+            f"  captions   : {self._captions()}",
             f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
         ]
         if busiest:  # worker seconds summed over videos: where the time went
             lines.append("  time       : " + ", ".join(f"{k} {v:.1f} s" for k, v in busiest))
         return "\n".join(lines)
 
-    def _dropped(self) -> str:
-        if not self.tracks_dropped:
-            return ""
-        reasons = ", ".join(f"{reason} {n}" for reason, n in self.tracks_dropped.items())
-        return f" ({sum(self.tracks_dropped.values())} dropped by the gates: {reasons})"
+    def _captions(self) -> str:
+        c = self.captions or {"captioner": "none"}
+        held = c.get("clips_with_caption", 0)
+        if c.get("captioner", "none") == "none":
+            return (f"{held} clips hold a caption; " if held else "") + NOT_CONFIGURED_HINT
+        return CaptionSummary(**{k: v for k, v in c.items() if k != "clips_with_caption"}).format()
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _dropped(counts: dict[str, int], by: str) -> str:
+    """' (N dropped by the <by>: reason n, ...)', or '' when nothing was dropped."""
+    if not counts:
+        return ""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts.items())
+    return f" ({sum(counts.values())} dropped by the {by}: {reasons})"
 
 
 def _versions() -> dict[str, str]:
