@@ -129,7 +129,7 @@ _BURN = (
 )
 # the detector the pipeline spends most of its model time in, one thread, on one 640x360 frame
 _BURN_YUNET = (
-    "import sys, time, cv2, numpy as np; cv2.setNumThreads(1); "
+    "import sys, time, cv2, numpy as np; cv2.setNumThreads(1); cv2.utils.logging.setLogLevel(2); "
     "img = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8); "
     "net = cv2.FaceDetectorYN.create(sys.argv[1], '', (640, 360), 0.6, 0.3, 5000); net.detect(img); "
     "t = time.perf_counter(); [net.detect(img) for _ in range(150)]; print(time.perf_counter() - t)"
@@ -208,12 +208,12 @@ def main() -> None:
     sets: dict[str, Path] = {} if args.no_shipped else {"shipped": args.src}
     corpus_dir = None
     if args.make_corpus:
-        from benchmarks.make_corpus import make_corpus
+        from benchmarks.make_corpus import describe, make_corpus
 
         corpus_dir = Path(tempfile.mkdtemp(prefix="datakit_corpus_"))
         t = time.perf_counter()
-        make_corpus(args.src, corpus_dir, args.seed)
-        print(f"corpus built in {time.perf_counter() - t:.0f} s: {corpus_dir}")
+        files = make_corpus(args.src, corpus_dir, args.seed)
+        print(f"corpus (seed {args.seed}) built in {time.perf_counter() - t:.0f} s: {corpus_dir}\n{describe(files)}\n")
         sets["corpus"] = corpus_dir
     elif args.corpus:
         sets["corpus"] = args.corpus

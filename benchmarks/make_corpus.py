@@ -195,6 +195,22 @@ def make_corpus(src: Path, out: Path, seed: int = 11, jobs: int = 2) -> list[dic
         return [futures[spec.name].result() for spec in SPECS]
 
 
+def describe(files: list[dict]) -> str:
+    """A Markdown table of the corpus files and a total line."""
+    lines = ["| file | size | fps | CRF | duration s | frames | MB | pieces |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        f"| {f['file']} | {f['size']} | {f['fps']} | {f['crf']} | {f['duration_s']:.1f} | {f['frames']} "
+        f"| {f['bytes'] / 1e6:.1f} | {f['pieces']} |"
+        for f in files
+    ]
+    total = sum(f["duration_s"] for f in files)
+    lines.append(
+        f"\ntotal: {len(files)} files, {total:.1f} s ({total / 60:.1f} min), "
+        f"{sum(f['frames'] for f in files)} frames, {sum(f['bytes'] for f in files) / 1e6:.1f} MB"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "media" / "videos")
@@ -206,17 +222,7 @@ def main() -> None:
     t0 = time.perf_counter()
     files = make_corpus(args.src, out, args.seed, args.jobs)
     print(f"corpus: {out} (seed {args.seed}, built in {time.perf_counter() - t0:.1f} s)")
-    print("| file | size | fps | CRF | duration s | frames | MB | pieces |\n|---|---|---|---|---|---|---|---|")
-    for f in files:
-        print(
-            f"| {f['file']} | {f['size']} | {f['fps']} | {f['crf']} | {f['duration_s']:.1f} | {f['frames']} "
-            f"| {f['bytes'] / 1e6:.1f} | {f['pieces']} |"
-        )
-    total = sum(f["duration_s"] for f in files)
-    print(
-        f"\ntotal: {len(files)} files, {total:.1f} s ({total / 60:.1f} min), "
-        f"{sum(f['frames'] for f in files)} frames, {sum(f['bytes'] for f in files) / 1e6:.1f} MB"
-    )
+    print(describe(files))
     sys.stdout.flush()
 
 

@@ -127,6 +127,14 @@ class BuildConfig:
     caption_retries: int = 3  #: openai: retries of a timed-out / 429 / 5xx request (exponential backoff)
     caption_retry_backoff_s: float = 1.0  #: openai: first backoff; doubles on each retry
     # --- end captions ---
+    # --- long videos (intra-video parallelism) ---
+    #: a video longer than this (s, from the probe) is split: a cheap first pass finds its shots, then segments
+    #: of whole shots run as separate work items on every worker, with the ids of an unsplit run
+    #: (datakit/segments.py); None or 0 = never split (one video, one work item)
+    segment_min_s: float | None = 180.0
+    #: target length (s) of a segment of a long video; a shot longer than this is a segment of its own
+    segment_s: float = 60.0
+    # --- end long videos ---
     overwrite: bool = False  #: start over instead of resuming
 
     def __post_init__(self) -> None:
@@ -139,6 +147,8 @@ class BuildConfig:
             raise ValueError("sample_fps must be positive")
         if self.detect_max_side < 0:
             raise ValueError("detect_max_side must be >= 0 (0 = detect at full frame size)")
+        if self.segment_s <= 0:
+            raise ValueError("segment_s must be positive")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be >= 1")
 

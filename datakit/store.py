@@ -7,6 +7,9 @@ Layout (``<out>/``)::
     clips/ tracks/ identities/ reference_views/ samples/   written by the global passes (part-NNNNN.parquet)
     _stage/clips/ _stage/tracks/ _stage/crops/    per-video inputs of the global passes
     _done/<video_id>.json           completion marker, written last, after every file of the video
+    _done/<video_id>.sNNNN.json     a long video's segment marker (datakit.segments): its faces/errors/stage files
+                                    are <video_id>.sNNNN.parquet; the video's marker follows its last segment
+    _plan/<video_id>.json           a long video's first pass: shots, pts map, segments (reused on resume)
     _attempts/<video_id>.json       how many workers started on the video (to give up on one that crashes)
 
 Every file is written to a temporary name and renamed into place, so a reader (or a resumed run)
@@ -60,10 +63,41 @@ class RunDir:
     def marker(self, video_id: str) -> Path:
         return self.root / "_done" / f"{video_id}.json"
 
+    def segment_key(self, video_id: str, seg_no: int) -> str:
+        return f"{video_id}.s{seg_no:04d}"
+
+    def plan_path(self, video_id: str) -> Path:
+        return self.root / "_plan" / f"{video_id}.json"
+
     def done_ids(self) -> set[str]:
         """Ids of videos whose every file is in place."""
         folder = self.root / "_done"
-        return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        return {p.stem for p in folder.glob("*.json") if "." not in p.stem} if folder.is_dir() else set()
+
+    def done_segments(self, video_id: str) -> set[int]:
+        """Numbers of the committed segments of a long video."""
+        folder = self.root / "_done"
+        return (
+            {int(p.stem.rsplit(".s", 1)[1]) for p in folder.glob(f"{video_id}.s*.json")} if folder.is_dir() else set()
+        )
+
+    def write_segment(self, video_id: str, seg_no: int, tables: dict[str, pa.Table], summary: dict) -> None:
+        """Write one segment's tables (all but ``videos``), then its marker (the segment's commit point)."""
+        key = self.segment_key(video_id, seg_no)
+        for name in PER_VIDEO_TABLES:
+            if name != "videos":
+                write_atomic(tables[name], self.root / name / f"{key}.parquet")
+        for name in STAGE_TABLES:
+            write_atomic(tables[name], self.root / "_stage" / name / f"{key}.parquet")
+        write_json_atomic(summary, self.marker(key))
+
+    def segment_summary(self, video_id: str, seg_no: int) -> dict:
+        return json.loads(self.marker(self.segment_key(video_id, seg_no)).read_text())
+
+    def finish_split_video(self, video_id: str, videos: pa.Table, summary: dict) -> None:
+        """A long video whose segments are all committed: its ``videos`` row, then its marker."""
+        write_atomic(videos, self.root / "videos" / f"{video_id}.parquet")
+        write_json_atomic(summary, self.marker(video_id))
 
     def count_attempt(self, video_id: str) -> int:
         """Record that a worker starts on this video; returns how many times one has (this one included).
@@ -117,7 +151,17 @@ class RunDir:
 
     def clear(self) -> None:
         """Delete every manifest, marker and record of this run (``--overwrite``)."""
-        names = {"run.json", "_done", "_stage", "_attempts", "_index", "splits", *PER_VIDEO_TABLES, *GLOBAL_TABLES}
+        names = {
+            "run.json",
+            "_done",
+            "_stage",
+            "_attempts",
+            "_plan",
+            "_index",
+            "splits",
+            *PER_VIDEO_TABLES,
+            *GLOBAL_TABLES,
+        }
         for name in names:
             path = self.root / name
             if path.is_dir():

@@ -66,6 +66,7 @@ class VideoOutput:
     seconds: dict[str, float]
     num_frames: int = 0
     num_sampled: int = 0
+    note: str = ""  # how the video was run when that is worth saying (a long video that was not split)
 
 
 def _keep_top(heap: list, k: int, item: tuple) -> None:
@@ -114,13 +115,41 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
     timer = defaultdict(float)
     stats = DecodeStats()
     shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
+
+    def new_shot_at(item) -> bool:
+        t_shot = time.perf_counter()
+        found = shots.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH))
+        timer["shots"] += time.perf_counter() - t_shot
+        return found
+
+    scan = _scan_frames(iter_frames(src.path, info.fps, stats), new_shot_at, stack, cfg, timer)
+    if stats.num_frames == 0:
+        error = stats.error or VideoError("decode", "NoFrames", "no frame could be decoded")
+        return failed_output(src, stack.embedder.dim, error, {**videos_row, "num_frames": 0}, seconds=dict(timer))
+    rows, keep, quality, num_sampled = scan
+    errors = [_error_row(stats.error, src)] if stats.error else []
+    t_emb = time.perf_counter()
+    _embed(rows, keep, stack)
+    timer["embed"] += time.perf_counter() - t_emb
+    segments = split_long(shots.segments(), info.fps, cfg.max_clip_s)
+    status = "partial" if stats.error else ("no_faces" if not rows else "ok")
+    videos_row.update(status=status, num_frames=stats.num_frames, error=stats.error.message if stats.error else None)
+    if not videos_row.get("duration_s"):
+        videos_row["duration_s"] = segments[-1].end_s if segments else None
+    tables = _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors, quality)
+    return VideoOutput(tables, status, dict(timer), stats.num_frames, num_sampled)
+
+
+def _scan_frames(frames, new_shot_at, stack: FaceStack, cfg: BuildConfig, timer: dict):
+    """The per-frame loop: ``new_shot_at(frame)`` says whether a new shot starts at that frame (an unsplit run
+    asks its shot detector, a segment the first pass); returns (face rows, kept chips/crops, clip quality
+    scan, number of sampled frames)."""
     tracker = FaceTracker.from_config(cfg, stack.detector)
     rows: list[_FaceRow] = []
     keep: dict[int, _TrackKeep] = defaultdict(_TrackKeep)
     quality = QualityScan()  # clip quality scores (datakit.clip_quality): a few numbers per sampled frame
     next_sample_t, num_sampled = 0.0, 0
     t0 = time.perf_counter()
-    frames = iter_frames(src.path, info.fps, stats)
     while True:
         t_dec = time.perf_counter()
         item = next(frames, None)
@@ -128,9 +157,7 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
         if item is None:
             break
         index, t_s = item.index, item.t_s
-        t_shot = time.perf_counter()
-        new_shot = shots.push(index, t_s, item.thumbnail_bgr(SCORE_WIDTH))
-        timer["shots"] += time.perf_counter() - t_shot
+        new_shot = new_shot_at(item)
         if new_shot:
             tracker.cut()
         if not (new_shot or t_s + 1e-6 >= next_sample_t):
@@ -145,20 +172,34 @@ def _scan(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo, 
         timer["clip_quality"] += time.perf_counter() - t_quality
         _faces_in_frame(frame, index, t_s, stack, cfg, tracker, rows, keep, timer)
     timer["total"] = time.perf_counter() - t0
-    if stats.num_frames == 0:
-        error = stats.error or VideoError("decode", "NoFrames", "no frame could be decoded")
-        return failed_output(src, stack.embedder.dim, error, {**videos_row, "num_frames": 0}, seconds=dict(timer))
+    return rows, keep, quality, num_sampled
+
+
+def process_segment(src: SourceFile, stack: FaceStack, cfg: BuildConfig, plan, seg_no: int) -> VideoOutput:
+    """One segment of a long video (datakit.segments): its frames only, the shot cuts from the first pass.
+
+    The tables hold the segment's clips, faces, tracks, crops and errors with the ids of an unsplit run;
+    the ``videos`` row is written once every segment is done (pipelines.build)."""
+    from datakit.segments import iter_segment_frames
+
+    timer = defaultdict(float)
+    stats = DecodeStats()
+    spec = plan.segment(seg_no)
+    emitted = set(plan.emitted)
+    clips = plan.clip_segments()[spec.clip_lo : spec.clip_hi]
+    frames = iter_segment_frames(src.path, plan.fps, stats, spec.start_frame, spec.end_frame, plan.pts)
+    rows, keep, quality, num_sampled = _scan_frames(frames, lambda item: item.index in emitted, stack, cfg, timer)
     errors = [_error_row(stats.error, src)] if stats.error else []
     t_emb = time.perf_counter()
     _embed(rows, keep, stack)
     timer["embed"] += time.perf_counter() - t_emb
-    segments = split_long(shots.segments(), info.fps, cfg.max_clip_s)
     status = "partial" if stats.error else ("no_faces" if not rows else "ok")
-    videos_row.update(status=status, num_frames=stats.num_frames, error=stats.error.message if stats.error else None)
-    if not videos_row.get("duration_s"):
-        videos_row["duration_s"] = segments[-1].end_s if segments else None
-    tables = _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors, quality)
-    return VideoOutput(tables, status, dict(timer), stats.num_frames, num_sampled)
+    tables = _assemble(
+        src, stack, cfg, {"video_id": src.video_id}, clips, rows, keep, errors, quality, clip_offset=spec.clip_lo
+    )
+    out = VideoOutput(tables, status, dict(timer), stats.num_frames, num_sampled)
+    out.note = stats.note
+    return out
 
 
 def _faces_in_frame(frame, index, t_s, stack: FaceStack, cfg: BuildConfig, tracker, rows, keep, timer) -> None:
@@ -245,10 +286,13 @@ def _error_row(exc: VideoError, src: SourceFile) -> dict:
     }
 
 
-def _assemble(src, stack, cfg, videos_row, segments, rows, keep, errors, quality=None) -> dict[str, pa.Table]:
-    """Turn the scan's rows into the per-video tables, with deterministic ids."""
+def _assemble(
+    src, stack, cfg, videos_row, segments, rows, keep, errors, quality=None, *, clip_offset: int = 0
+) -> dict[str, pa.Table]:
+    """Turn the scan's rows into the per-video tables, with deterministic ids (``clip_offset``: the index of
+    the first clip in the whole video, for a segment of a long one)."""
     vid = src.video_id
-    clip_ids = [f"{vid}_c{n:04d}" for n in range(len(segments))]
+    clip_ids = [f"{vid}_c{n + clip_offset:04d}" for n in range(len(segments))]
     starts = np.array([s.start_frame for s in segments])
     clip_of = [int(np.searchsorted(starts, r.frame_index, side="right") - 1) for r in rows]
     parent = _track_embeddings(rows)

@@ -5,6 +5,11 @@ videos into per-video Parquet files plus a completion marker (datakit.store). Th
 (identities across videos, reference views, training samples) read those files and run in the driver:
 they need every video, and they are cheap next to decoding and face models. A killed run resumes from
 the markers; ``overwrite`` starts over.
+
+A video longer than ``segment_min_s`` first gets a first pass on Ray (datakit.segments: shots and pts map,
+stored as ``_plan/<video_id>.json``); its segments of whole shots are then work items of the same stream as
+the other videos, each committed with its own marker; the driver writes the video's ``videos`` row and
+marker once its last segment is in.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import time
+import traceback
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,13 +30,15 @@ from tqdm import tqdm
 from datakit import schema
 from datakit.captions import caption_clips
 from datakit.captions.base import validate as validate_captioner
+from datakit.clip_scores import score_clips
 from datakit.config import BuildConfig
-from datakit.decode import VideoError
+from datakit.decode import VideoError, probe
 from datakit.discover import SourceFile, discover, path_id
 from datakit.faces import FaceStack, build_face_stack
 from datakit.faces.model_files import resolve_models_dir
+from datakit.segments import Plan, first_pass
 from datakit.store import RunDir, write_atomic, write_json_atomic
-from datakit.video_job import VideoOutput, failed_output, process_video
+from datakit.video_job import VideoOutput, failed_output, process_segment, process_video
 from pipelines.global_pass import clip_pass, run_global
 from pipelines.run_info import BuildSummary, run_record
 
@@ -61,17 +70,20 @@ class VideoWorker:
         cv2.setNumThreads(1)  # one CPU per actor: parallelism comes from Ray, not from inside OpenCV
         self.stack = _make_stack(self.cfg)
         self.run = RunDir(self.cfg.out)
+        self._plans: dict[str, Plan] = {}
 
     def __call__(self, batch: dict) -> dict:
 
         out: dict[str, list] = {
             "video_id": [],
             "path": [],
+            "segment": [],
             "status": [],
             "num_frames": [],
             "num_sampled": [],
             "num_faces": [],
             "seconds": [],
+            "peak_rss_mb": [],
         }
         for i in range(len(batch["video_id"])):
             src = SourceFile(
@@ -82,7 +94,9 @@ class VideoWorker:
                 str(batch["kind"][i]),
                 str(batch["problem"][i]),
             )
-            if self.run.count_attempt(src.video_id) > MAX_ATTEMPTS:
+            seg_no = int(batch["segment"][i]) if "segment" in batch else -1
+            key = src.video_id if seg_no < 0 else self.run.segment_key(src.video_id, seg_no)
+            if self.run.count_attempt(key) > MAX_ATTEMPTS:
                 crash = VideoError(
                     "process",
                     "WorkerCrash",
@@ -90,25 +104,51 @@ class VideoWorker:
                     "(a crash inside a native decoder or model); the file is skipped",
                 )
                 result = failed_output(src, self.stack.embedder.dim, crash)
+            elif seg_no >= 0:
+                result = self.process_segment(src, seg_no)
             else:
                 result = self.process(src)
             summary = {
                 "video_id": src.video_id,
                 "path": src.rel_path,
+                "segment": seg_no,
                 "status": result.status,
                 "num_frames": result.num_frames,
                 "num_sampled": result.num_sampled,
                 "num_faces": result.tables["faces"].num_rows,
                 "seconds": result.seconds,
+                # peak resident memory of this worker process so far (Linux: KiB)
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
-            self.run.write_video(src.video_id, result.tables, summary)
-            for key in out:
-                out[key].append(summary[key] if key != "seconds" else json.dumps(summary["seconds"]))
+            note = str(batch["note"][i]) if "note" in batch else ""
+            if result.note or note:
+                summary["note"] = result.note or note
+            if seg_no >= 0:
+                errors = result.tables["errors"]
+                summary["error"] = errors["message"][0].as_py() if errors.num_rows else None
+                self.run.write_segment(src.video_id, seg_no, result.tables, summary)
+            else:
+                self.run.write_video(src.video_id, result.tables, summary)
+            for k in out:
+                out[k].append(summary[k] if k != "seconds" else json.dumps(summary["seconds"]))
         return out
 
     def process(self, src: SourceFile) -> VideoOutput:
         """All per-video steps on one file (the part a native crash can kill)."""
         return process_video(src, self.stack, self.cfg)
+
+    def process_segment(self, src: SourceFile, seg_no: int) -> VideoOutput:
+        """One segment of a long video (datakit.segments); an unforeseen library error becomes an error row."""
+        plans = self._plans
+        if src.video_id not in plans:
+            plans.clear()  # one long video's plan at a time (the pts map of a film is a few MB)
+            plans[src.video_id] = Plan.load(self.run.plan_path(src.video_id))
+        try:
+            return process_segment(src, self.stack, self.cfg, plans[src.video_id], seg_no)
+        except Exception as err:
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            message = f"{err} (in {where.name}, {Path(where.filename).name}:{where.lineno}; segment {seg_no})"
+            return failed_output(src, self.stack.embedder.dim, VideoError("process", type(err).__name__, message))
 
 
 def _worker_class(cfg: BuildConfig) -> type[VideoWorker]:
@@ -147,7 +187,8 @@ def _init_ray(cfg: BuildConfig) -> None:
 
 
 #: settings that change how a run is executed but not what it writes: free to differ on resume
-_EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite"})
+#: (segment_*: a long video keeps the plan of its first pass, stored in the run folder, whatever they are now)
+_EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite", "segment_min_s", "segment_s"})
 #: settings read only by the global passes (gates, linking, references, samples): free to differ on resume,
 #: since those passes always run again over every video's stored output - no model re-runs
 GLOBAL_ONLY = frozenset(
@@ -164,6 +205,9 @@ GLOBAL_ONLY = frozenset(
         *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("filter_")),
         # captions: a stage of their own, resumable per clip; captions of another model/prompt are added
         *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("caption")),
+        # open_clip scores: a stage of their own as well (datakit.clip_scores)
+        "clip_model_dir",
+        "aesthetic_head",
     }
 )
 #: output settings added later, with the value that a run.json written before them was built with
@@ -229,6 +273,12 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     if captions.configured:
         timings["captions"] = captions.seconds
         global_seconds.update({f"recaption.{k}": v for k, v in clip_pass(run, cfg, stack).items()})
+    # open_clip scores (datakit.clip_scores), when configured: after captions, so that the image-text score
+    # sees them; then the clip pass again so that the low_clip_score / low_aesthetic filters act.
+    scores = score_clips(run, cfg, progress=progress)
+    if scores.scorer:
+        timings["clip_scores"] = scores.seconds
+        global_seconds.update({f"rescore.{k}": v for k, v in clip_pass(run, cfg, stack).items()})
     summary = BuildSummary.from_run(
         run,
         stack,
@@ -290,33 +340,159 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
     if not todo:
         return timings
     _init_ray(cfg)
-    items = [
-        {
+    run = RunDir(cfg.out)
+    plans, notes = _plan_long_videos(cfg, run, todo, timings)
+    items, pending = [], {}  # pending: video id -> segments still to run
+    by_id = {s.video_id: s for s in todo}
+    for s in todo:
+        base = {
             "path": str(s.path),
             "rel_path": s.rel_path,
             "video_id": s.video_id,
             "size_bytes": s.size_bytes,
             "kind": s.kind,
             "problem": s.problem,
+            "note": notes.get(s.video_id, ""),
         }
-        for s in todo
-    ]
-    # Biggest first: the long videos start early instead of becoming the tail of the run.
-    items.sort(key=lambda r: -r["size_bytes"])
-    workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _worker_class(cfg),
-        batch_size=1,
-        num_cpus=1,
-        # one CPU per actor: keep BLAS/OpenMP pools (dlib, onnxruntime) from oversubscribing the node
-        runtime_env={"env_vars": {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}},
-        compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-    )
+        plan = plans.get(s.video_id)
+        if plan is None:
+            items.append({**base, "segment": -1})
+            continue
+        done = run.done_segments(s.video_id)
+        left = [n for n in range(len(plan.segments)) if n not in done]
+        pending[s.video_id] = len(left)
+        items.extend({**base, "segment": n} for n in left)
     bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)
-    for row in ds.iter_rows():
+    seg_total = sum(len(p.segments) for p in plans.values())
+    seg_done = seg_total - sum(pending.values())
+    for vid in [v for v, n in pending.items() if n == 0]:  # killed after its last segment, before its row
+        _finish_split_video(run, by_id[vid], plans[vid])
         bar.update(1)
-        bar.set_postfix_str(f"{row['status']}: {row['path']}")
-        for k, v in json.loads(row["seconds"]).items():
-            timings[k] = timings.get(k, 0.0) + float(v)
+    if items:
+        # Biggest first: the long videos start early instead of becoming the tail of the run.
+        items.sort(key=lambda r: (-r["size_bytes"], r["video_id"], r["segment"]))
+        workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _worker_class(cfg),
+            batch_size=1,
+            num_cpus=1,
+            # one CPU per actor: keep BLAS/OpenMP pools (dlib, onnxruntime) from oversubscribing the node
+            runtime_env={"env_vars": {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}},
+            compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
+        )
+        for row in ds.iter_rows():
+            vid = row["video_id"]
+            if row["segment"] >= 0:
+                seg_done += 1
+                pending[vid] -= 1
+                if pending[vid] == 0:
+                    _finish_split_video(run, by_id[vid], plans[vid])
+                    bar.update(1)
+            else:
+                bar.update(1)
+            tail = f" (segments {seg_done}/{seg_total})" if seg_total else ""
+            bar.set_postfix_str(f"{row['status']}: {row['path']}{tail}")
+            for k, v in json.loads(row["seconds"]).items():
+                timings[k] = timings.get(k, 0.0) + float(v)
+            timings["worker_peak_rss_mb"] = max(timings.get("worker_peak_rss_mb", 0.0), float(row["peak_rss_mb"]))
     bar.close()
     return timings
+
+
+def _first_pass_task(path: str, video_id: str, cfg: BuildConfig) -> Plan:
+    """Ray task: a long video's first pass (datakit.segments); never raises (a failure means: not split)."""
+    try:
+        info = probe(path)
+        plan = first_pass(path, video_id, info, cfg)
+    except Exception as err:  # the single-item path then records the error properly
+        return Plan(video_id, False, reason=f"first pass failed: {type(err).__name__}: {err}")
+    plan.videos_row = {
+        "duration_s": info.duration_s,
+        "fps": info.fps,
+        "width": info.width,
+        "height": info.height,
+        "codec": info.codec,
+    }
+    return plan
+
+
+def _plan_long_videos(
+    cfg: BuildConfig, run: RunDir, todo: list[SourceFile], timings: dict
+) -> tuple[dict[str, Plan], dict[str, str]]:
+    """The plans of the long videos to split (loaded from an earlier run, else made by a first pass on Ray),
+    and why a long video is not split (it then runs as one item)."""
+    plans: dict[str, Plan] = {}
+    notes: dict[str, str] = {}
+    needed: list[SourceFile] = []
+    for s in todo:
+        path = run.plan_path(s.video_id)
+        if path.exists():  # an earlier (killed) run's plan: its segment markers refer to it
+            plan = Plan.load(path, with_pts=False)
+        elif s.kind == "video" and cfg.segment_min_s:
+            try:
+                info = probe(s.path)
+            except VideoError:
+                continue  # the single-item path records why
+            if info.duration_s and info.duration_s > cfg.segment_min_s:
+                needed.append(s)
+            continue
+        else:
+            continue
+        if plan.split:
+            plans[s.video_id] = plan
+        else:
+            notes[s.video_id] = f"not split: {plan.reason}"
+    if needed:
+        t0 = time.perf_counter()
+        task = ray.remote(num_cpus=1)(_first_pass_task)
+        refs = {task.remote(str(s.path), s.video_id, cfg): s for s in needed}
+        remaining = list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            plan = ray.get(ready[0])
+            plan.save(run.plan_path(plan.video_id))
+            if plan.split:
+                plan.pts = []  # the workers read it from the run folder
+                plans[plan.video_id] = plan
+            else:
+                notes[plan.video_id] = f"not split: {plan.reason}"
+            timings["first_pass"] = timings.get("first_pass", 0.0) + plan.seconds
+        timings["first_pass_wall"] = time.perf_counter() - t0
+    return plans, notes
+
+
+def _finish_split_video(run: RunDir, src: SourceFile, plan: Plan) -> None:
+    """Every segment of a long video is committed: write its ``videos`` row and its marker."""
+    segs = [run.segment_summary(src.video_id, n) for n in range(len(plan.segments))]
+    errors = [s["error"] for s in segs if s.get("error")]
+    num_faces = sum(s["num_faces"] for s in segs)
+    status = "partial" if errors else ("no_faces" if num_faces == 0 else "ok")
+    row = {
+        "video_id": src.video_id,
+        "path": src.rel_path,
+        "size_bytes": src.size_bytes,
+        **plan.videos_row,
+        "status": status,
+        "num_frames": plan.num_frames,
+        "error": errors[0] if errors else None,
+        "pipeline_version": schema.PIPELINE_VERSION,
+    }
+    if not row.get("duration_s"):
+        row["duration_s"] = plan.clips[-1][3] if plan.clips else None
+    seconds: dict[str, float] = {}
+    for s in segs:
+        for k, v in s["seconds"].items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    summary = {
+        "video_id": src.video_id,
+        "path": src.rel_path,
+        "status": status,
+        "num_frames": plan.num_frames,
+        "num_sampled": sum(s["num_sampled"] for s in segs),
+        "num_faces": num_faces,
+        "seconds": seconds,
+        "segments": len(segs),
+        "first_pass_s": plan.seconds,
+    }
+    videos = pa.Table.from_pylist([row], schema=schema.VIDEOS)
+    run.finish_split_video(src.video_id, videos, summary)

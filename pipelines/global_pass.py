@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from datakit import schema
 from datakit.captions import attach_captions
+from datakit.clip_scores import attach_clip_scores
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
 from datakit.filters import apply_clip_filters
@@ -78,6 +79,7 @@ def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack | None, *, dim: in
     t = time.perf_counter()
     clips = run.read("clips", schema.CLIPS, stage=True)
     clips = attach_captions(clips, run, cfg)  # datakit.captions: from _stage/captions, latest per clip
+    clips = attach_clip_scores(clips, run, cfg)  # datakit.clip_scores: open_clip scores, when configured
     tracks = run.read("tracks", schema.tracks_schema(dim))
     linked = tracks.filter(pc.is_valid(tracks.column("identity_id")))
     refs = run.read("reference_views", schema.REFERENCE_VIEWS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import time
@@ -56,6 +57,8 @@ class BuildSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     #: caption stage (datakit.captions): this run's counts, and clips that hold a caption now
     captions: dict = field(default_factory=dict)
+    #: long videos (datakit.segments): how many were split, into how many segments, and why others were not
+    long_videos: dict = field(default_factory=dict)
 
     @classmethod
     def from_run(
@@ -102,13 +105,18 @@ class BuildSummary:
                 **(captions.to_dict() if captions else {"captioner": "none"}),
                 "clips_with_caption": int(pc.sum(pc.is_valid(clips["caption"])).as_py() or 0),
             },
+            long_videos=_long_videos(run),
         )
 
     def format(self) -> str:
         """Human-readable summary for the end of ``datakit build``."""
         status = ", ".join(f"{n} {s}" for s, n in sorted(self.videos.items())) or "no video files found"
         busiest = sorted(
-            ((k, v) for k, v in self.stage_seconds.items() if k not in ("total", "global") and v >= 0.05),
+            (
+                (k, v)
+                for k, v in self.stage_seconds.items()
+                if k not in ("total", "global", "worker_peak_rss_mb") and v >= 0.05
+            ),
             key=lambda kv: -kv[1],
         )[:6]
         lines = [
@@ -126,6 +134,14 @@ class BuildSummary:
             f"  captions   : {self._captions()}",
             f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
         ]
+        lv = self.long_videos
+        if lv.get("split") or lv.get("not_split"):
+            lines.append(
+                f"  long videos: {lv.get('split', 0)} split into {lv.get('segments', 0)} segments"
+                + "".join(f"; {n} not split ({why})" for why, n in lv.get("not_split", {}).items())
+            )
+        if self.stage_seconds.get("worker_peak_rss_mb"):
+            lines.append(f"  memory     : peak worker RSS {self.stage_seconds['worker_peak_rss_mb']:.0f} MB")
         if busiest:  # worker seconds summed over videos: where the time went
             lines.append("  time       : " + ", ".join(f"{k} {v:.1f} s" for k, v in busiest))
         return "\n".join(lines)
@@ -139,6 +155,15 @@ class BuildSummary:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _long_videos(run: RunDir) -> dict:
+    """Counts from the first-pass plans of the long videos (``_plan/<video_id>.json``, small files)."""
+    folder = run.root / "_plan"
+    plans = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    split = [p for p in plans if p.get("split")]
+    not_split = Counter(p.get("reason", "") for p in plans if not p.get("split"))
+    return {"split": len(split), "segments": sum(len(p["segments"]) for p in split), "not_split": dict(not_split)}
 
 
 def _dropped(counts: dict[str, int], by: str) -> str:

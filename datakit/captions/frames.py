@@ -82,3 +82,23 @@ def sample_clip_frames(
                 f"(frames {c.start_frame}-{c.end_frame} of a {stats.num_frames}-frame decode)",
             )
     return out
+
+
+def frames_for_items(items: list[dict], count: int, max_pixels: int) -> dict[str, list[Image.Image] | BaseException]:
+    """Per clip id, ``count`` RGB frames (or the error that stopped them) for work items carrying
+    ``clip_id``, ``video_path``, ``fps``, ``start_frame``, ``end_frame``, ``start_s``, ``end_s``: each video
+    is decoded once for all its clips in the batch; a decoder crash on one file fails its clips only."""
+    by_video: dict[str, list[dict]] = {}
+    for item in items:
+        by_video.setdefault(str(item["video_path"]), []).append(item)
+    decoded: dict[str, list[Image.Image] | BaseException] = {}
+    for path, group in by_video.items():
+        spans = [
+            ClipSpan(str(g["clip_id"]), int(g["start_frame"]), int(g["end_frame"]), g["start_s"], g["end_s"])
+            for g in group
+        ]
+        try:
+            decoded.update(sample_clip_frames(path, spans, count, max_pixels, float(group[0]["fps"] or 25)))
+        except Exception as exc:
+            decoded.update({s.clip_id: exc for s in spans})
+    return decoded

@@ -32,7 +32,7 @@ from datakit.captions.base import (
     make_captioner,
     validate,
 )
-from datakit.captions.frames import ClipSpan, sample_clip_frames
+from datakit.captions.frames import frames_for_items
 from datakit.config import BuildConfig
 from datakit.store import RunDir, write_atomic
 
@@ -157,23 +157,7 @@ class CaptionWorker:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["clip_id"])
         items = [{k: batch[k][i] for k in batch} for i in range(n)]
-        by_video: dict[str, list[dict]] = {}
-        for item in items:
-            by_video.setdefault(str(item["video_path"]), []).append(item)
-        decoded: dict[str, object] = {}
-        for path, group in by_video.items():
-            spans = [
-                ClipSpan(str(g["clip_id"]), int(g["start_frame"]), int(g["end_frame"]), g["start_s"], g["end_s"])
-                for g in group
-            ]
-            try:
-                decoded.update(
-                    sample_clip_frames(
-                        path, spans, self.cfg.caption_frames, self.cfg.caption_max_pixels, float(group[0]["fps"] or 25)
-                    )
-                )
-            except Exception as exc:  # a decoder crash on one file fails its clips, not the batch
-                decoded.update({s.clip_id: exc for s in spans})
+        decoded = frames_for_items(items, self.cfg.caption_frames, self.cfg.caption_max_pixels)
         return self.caption_batch(items, decoded)
 
     def caption_batch(self, items: list[dict], decoded: dict[str, object]) -> dict:

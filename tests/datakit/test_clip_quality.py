@@ -239,13 +239,11 @@ def test_scan_keeps_no_pixels_but_one_small_frame_and_skips_cuts():
 # --- optional open_clip scores ------------------------------------------------------------------------
 
 
-def test_clip_scorer_plumbing_with_a_tiny_random_open_clip(tmp_path):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("open_clip")
+def write_tiny_open_clip(root: Path) -> tuple[Path, Path]:
+    """A tiny random open_clip model folder (hub layout) and a tiny LAION-v2-layout aesthetic head."""
+    import torch
     from open_clip.model import CLIP
     from safetensors.torch import save_file
-
-    from datakit.clip_quality import ClipScorer
 
     cfg = {
         "embed_dim": 16,
@@ -253,18 +251,27 @@ def test_clip_scorer_plumbing_with_a_tiny_random_open_clip(tmp_path):
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
     }
     torch.manual_seed(0)
-    folder = tmp_path / "clip"
+    folder = root / "clip"
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     state = {k: v.contiguous() for k, v in CLIP(**cfg).state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
-    head = tmp_path / "aesthetic.pth"  # LAION aesthetic predictor v2 layout (Linear layers 0, 2, 4, 6, 7), tiny
+    head = root / "aesthetic.pth"  # LAION aesthetic predictor v2 layout (Linear layers 0, 2, 4, 6, 7), tiny
     sizes = [16, 12, 8, 6, 4, 1]
     state = {}
     for (i, o), n in zip(itertools.pairwise(sizes), (0, 2, 4, 6, 7), strict=True):
         state[f"layers.{n}.weight"], state[f"layers.{n}.bias"] = torch.randn(o, i), torch.randn(o)
     torch.save(state, head)
+    return folder, head
 
+
+def test_clip_scorer_plumbing_with_a_tiny_random_open_clip(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+
+    from datakit.clip_quality import ClipScorer
+
+    folder, head = write_tiny_open_clip(tmp_path)
     frames = [bgr for _, _, bgr in _frames("obama_weekly_address_1.mp4", 30, 90)]
     scorer = ClipScorer(folder, head)
     clip_scores, aesthetic = scorer.score(frames, ["a man speaks", None, "a man in a suit"])
@@ -281,3 +288,35 @@ def test_clip_scorer_plumbing_with_a_tiny_random_open_clip(tmp_path):
         bad = tmp_path / "bad.pth"
         torch.save({"weight": torch.randn(1, 7), "bias": torch.randn(1)}, bad)
         ClipScorer(folder, bad)
+
+
+def test_open_clip_scores_reach_clips_and_filters_on_a_resumed_build(shipped_run, tmp_path):
+    """The score stage of a build: aesthetic scores for every kept clip, a filter on them, resumable."""
+    pytest.importorskip("open_clip")
+    folder, head = write_tiny_open_clip(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(shipped_run, run)
+    first = build_in_subprocess(
+        src=VIDEOS, out=run, models_dir=MODELS, workers=1, clip_model_dir=folder, aesthetic_head=head
+    )
+    clips = _table(run, "clips").to_pylist()
+    kept = [c for c in clips if c["drop_reason"] is None]
+    assert kept and all(c["aesthetic_score"] is not None for c in kept)
+    assert all(c["clip_score"] is None for c in clips)  # no captions: no image-text score
+    assert first["resumed_videos"] == sum(first["videos"].values())
+    scores = sorted(c["aesthetic_score"] for c in kept)
+    middle = (scores[0] + scores[-1]) / 2
+    again = build_in_subprocess(
+        src=VIDEOS,
+        out=run,
+        models_dir=MODELS,
+        workers=1,
+        clip_model_dir=folder,
+        aesthetic_head=head,
+        filter_min_aesthetic=middle,
+    )
+    low = {c["clip_id"] for c in kept if c["aesthetic_score"] < middle}
+    dropped = {c["clip_id"] for c in _table(run, "clips").to_pylist() if c["drop_reason"] == "low_aesthetic"}
+    assert low and dropped == low and again["clips_dropped"]["low_aesthetic"] == len(low)
+    stored = ds.dataset(run / "_stage" / "clip_scores").to_table()
+    assert stored.num_rows == len(kept)  # the second build scored nothing again
