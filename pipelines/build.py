@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import time
 import traceback
 from pathlib import Path
@@ -84,6 +85,8 @@ class VideoWorker:
             "num_faces": [],
             "seconds": [],
             "peak_rss_mb": [],
+            "worker": [],
+            "busy_s": [],
         }
         for i in range(len(batch["video_id"])):
             src = SourceFile(
@@ -94,6 +97,7 @@ class VideoWorker:
                 str(batch["kind"][i]),
                 str(batch["problem"][i]),
             )
+            started = time.perf_counter()
             seg_no = int(batch["segment"][i]) if "segment" in batch else -1
             key = src.video_id if seg_no < 0 else self.run.segment_key(src.video_id, seg_no)
             if self.run.count_attempt(key) > MAX_ATTEMPTS:
@@ -129,8 +133,11 @@ class VideoWorker:
                 self.run.write_segment(src.video_id, seg_no, result.tables, summary)
             else:
                 self.run.write_video(src.video_id, result.tables, summary)
+            # which worker process did it, and how long it was busy on it (run.json: summary.workers)
+            summary_row = {**summary, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            summary_row["busy_s"] = time.perf_counter() - started
             for k in out:
-                out[k].append(summary[k] if k != "seconds" else json.dumps(summary["seconds"]))
+                out[k].append(summary_row[k] if k != "seconds" else json.dumps(summary["seconds"]))
         return out
 
     def process(self, src: SourceFile) -> VideoOutput:
@@ -260,8 +267,14 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     done = run.done_ids()
     todo = [s for s in unique if s.video_id not in done]
     write_json_atomic(run_record(cfg, stack, started, state="running"), run.root / "run.json")
+    workers_busy: dict[str, dict] = {}
     timings = _run_videos(
-        _worker_config(cfg, stack), todo, progress, total=len(unique), already=len(unique) - len(todo)
+        _worker_config(cfg, stack),
+        todo,
+        progress,
+        total=len(unique),
+        already=len(unique) - len(todo),
+        workers_busy=workers_busy,
     )
     _record_duplicates(run, duplicates, unique)
     t_global = time.perf_counter()
@@ -287,6 +300,7 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
         resumed=len(unique) - len(todo),
         stage_seconds=timings,
         captions=captions,
+        workers=workers_busy,
     )
     write_json_atomic(run_record(cfg, stack, started, state="finished", summary=summary), run.root / "run.json")
     return summary
@@ -335,8 +349,20 @@ def _worker_config(cfg: BuildConfig, stack: FaceStack) -> BuildConfig:
     return dataclasses.replace(cfg, backend=backend, models_dir=resolve_models_dir(cfg.models_dir))
 
 
-def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, total: int, already: int) -> dict:
+def _run_videos(
+    cfg: BuildConfig,
+    todo: list[SourceFile],
+    progress: bool,
+    *,
+    total: int,
+    already: int,
+    workers_busy: dict | None = None,
+) -> dict:
+    """Run the per-video stage on the videos (and long videos' segments) still to do; returns the stage
+    seconds summed over items. ``workers_busy`` collects, per worker process, its busy seconds, items and
+    videos."""
     timings: dict[str, float] = {}
+    busy = workers_busy if workers_busy is not None else {}
     if not todo:
         return timings
     _init_ray(cfg)
@@ -395,6 +421,11 @@ def _run_videos(cfg: BuildConfig, todo: list[SourceFile], progress: bool, *, tot
             for k, v in json.loads(row["seconds"]).items():
                 timings[k] = timings.get(k, 0.0) + float(v)
             timings["worker_peak_rss_mb"] = max(timings.get("worker_peak_rss_mb", 0.0), float(row["peak_rss_mb"]))
+            mine = busy.setdefault(row["worker"], {"busy_s": 0.0, "items": 0, "videos": []})
+            mine["busy_s"] = round(mine["busy_s"] + float(row["busy_s"]), 3)
+            mine["items"] += 1
+            if row["path"] not in mine["videos"]:
+                mine["videos"].append(row["path"])
     bar.close()
     return timings
 

@@ -59,6 +59,8 @@ class BuildSummary:
     captions: dict = field(default_factory=dict)
     #: long videos (datakit.segments): how many were split, into how many segments, and why others were not
     long_videos: dict = field(default_factory=dict)
+    #: per worker process ("host:pid") of this run: busy seconds, items (videos or segments) and videos
+    workers: dict = field(default_factory=dict)
 
     @classmethod
     def from_run(
@@ -71,6 +73,7 @@ class BuildSummary:
         resumed: int,
         stage_seconds: dict,
         captions: CaptionSummary | None = None,
+        workers: dict | None = None,
     ) -> BuildSummary:
         dim = stack.embedder.dim
         videos = run.read("videos", schema.VIDEOS)
@@ -106,6 +109,7 @@ class BuildSummary:
                 "clips_with_caption": int(pc.sum(pc.is_valid(clips["caption"])).as_py() or 0),
             },
             long_videos=_long_videos(run),
+            workers=dict(sorted((workers or {}).items())),
         )
 
     def format(self) -> str:
@@ -140,6 +144,9 @@ class BuildSummary:
                 f"  long videos: {lv.get('split', 0)} split into {lv.get('segments', 0)} segments"
                 + "".join(f"; {n} not split ({why})" for why, n in lv.get("not_split", {}).items())
             )
+        if self.workers:
+            busy = ", ".join(f"{w['busy_s']:.1f} s" for w in self.workers.values())
+            lines.append(f"  workers    : {len(self.workers)} busy ({busy})")
         if self.stage_seconds.get("worker_peak_rss_mb"):
             lines.append(f"  memory     : peak worker RSS {self.stage_seconds['worker_peak_rss_mb']:.0f} MB")
         if busiest:  # worker seconds summed over videos: where the time went
