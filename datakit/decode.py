@@ -69,22 +69,30 @@ def probe(path: str | Path) -> ProbeInfo:
 
 
 @dataclass(slots=True)
+class Scalers:
+    """One swscale context per output size of a stream: building one per frame costs 10x the scaling."""
+
+    thumb: VideoReformatter = field(default_factory=VideoReformatter)
+    full: VideoReformatter = field(default_factory=VideoReformatter)
+
+
+@dataclass(slots=True)
 class Frame:
     """One decoded frame; pixels are converted only on request (most frames only feed the shot detector)."""
 
     index: int  # decoded-frame counter from 0 (what a sequential reader such as OpenCV or decord gives)
     t_s: float  # presentation time, seconds from the stream start
     _frame: av.VideoFrame
-    _scaler: VideoReformatter  # one per stream: building a swscale context per frame costs 10x the scaling
+    _scalers: Scalers  # one pair per stream
 
     def bgr(self) -> np.ndarray:
-        """Full-resolution ``(H, W, 3)`` uint8 BGR."""
-        return self._frame.to_ndarray(format="bgr24")
+        """Full-resolution ``(H, W, 3)`` uint8 BGR (the same pixels as ``to_ndarray(format="bgr24")``)."""
+        return self._scalers.full.reformat(self._frame, format="bgr24").to_ndarray()
 
     def thumbnail_bgr(self, width: int) -> np.ndarray:
         """BGR scaled to ``width`` (aspect kept): swscale converts and scales in one pass."""
         height = max(2, round(self._frame.height * width / max(self._frame.width, 1)))
-        return self._scaler.reformat(
+        return self._scalers.thumb.reformat(
             self._frame, width=width, height=height, format="bgr24", interpolation="AREA"
         ).to_ndarray()
 
@@ -125,7 +133,7 @@ def iter_frames(
         time_base = stream.time_base or Fraction(1, 1)
         start_pts = stream.start_time or 0
         bad_in_row = 0
-        scaler = VideoReformatter()
+        scalers = Scalers()
         try:
             for packet in container.demux(stream):
                 try:
@@ -149,7 +157,7 @@ def iter_frames(
                     index = stats.num_frames
                     t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else index / fps
                     stats.num_frames += 1
-                    yield Frame(index, t_s, frame, scaler)
+                    yield Frame(index, t_s, frame, scalers)
         except av.error.FFmpegError as exc:  # a broken container (truncated file, bad atoms)
             stats.error = VideoError("decode", type(exc).__name__, str(exc))
     if stats.num_bad_packets and stats.error is None:

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
-from datakit.decode import DecodeStats, Frame, ProbeInfo, VideoError, iter_frames
+from datakit.decode import DecodeStats, Frame, ProbeInfo, Scalers, VideoError, iter_frames
 from datakit.shots import SCORE_WIDTH, Segment, ShotDetector, split_long
 
 
@@ -201,7 +200,7 @@ def _seek_decode(path, fps, stats: DecodeStats, start: int, end: int, pts: list[
         stream.thread_count = 1
         time_base = stream.time_base or Fraction(1, 1)
         start_pts = stream.start_time or 0
-        scaler = VideoReformatter()
+        scalers = Scalers()
         index = start
         yielded = False
         try:
@@ -224,7 +223,7 @@ def _seek_decode(path, fps, stats: DecodeStats, start: int, end: int, pts: list[
                     t_s = float((frame.pts - start_pts) * time_base)
                     stats.num_frames += 1
                     yielded = True
-                    yield Frame(index, t_s, frame, scaler)
+                    yield Frame(index, t_s, frame, scalers)
                     index += 1
         except av.error.FFmpegError as exc:
             if yielded:
