@@ -70,7 +70,7 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
 def _run_build(args: argparse.Namespace) -> int:
     from datakit.config import BuildConfig
     from datakit.faces import ModelNotFoundError
-    from pipelines.build import RunConflictError, build
+    from pipelines.build import ClusterConnectionError, RunConflictError, build
 
     flags = {
         k: getattr(args, k)
@@ -92,7 +92,7 @@ def _run_build(args: argparse.Namespace) -> int:
         else:
             cfg = BuildConfig(src=args.src, out=args.out, **{k: v for k, v in flags.items() if v is not None})
         summary = build(cfg, progress=not args.quiet)
-    except (ModelNotFoundError, RunConflictError, FileNotFoundError, ValueError) as exc:
+    except (ModelNotFoundError, RunConflictError, ClusterConnectionError, FileNotFoundError, ValueError) as exc:
         print(f"datakit build: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
