@@ -166,3 +166,18 @@ def test_default_folder_is_the_user_cache(tmp_path, monkeypatch, models_dir):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_models_dir() == tmp_path / "home" / ".cache" / "harmoview" / "models"
+
+
+def test_a_build_after_fetch_uses_the_default_stack_from_the_user_folder(server, tmp_path, monkeypatch):
+    """A user without ../shared: `datakit models fetch`, then `datakit build` with no models flag."""
+    from tests.conftest import VIDEOS, build_in_subprocess
+
+    monkeypatch.delenv("DATAKIT_MODELS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the build subprocess inherits it
+    assert main(["models", "fetch", "--base-url", server.url, "--quiet"]) == 0
+    assert set(verified_model_files(default_models_dir(), DEFAULT_STACK_FILES)) == set(DEFAULT_STACK_FILES)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "single_face.mp4").symlink_to(VIDEOS / "single_face.mp4")
+    summary = build_in_subprocess(src=src, out=tmp_path / "run", workers=1)
+    assert summary["face_stack"] == "yunet+fsanet+dlib" and summary["num_identities"] == 1
