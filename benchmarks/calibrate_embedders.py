@@ -17,7 +17,6 @@ of its two faces and its size the smaller face size.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from contextlib import redirect_stdout
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import Tee  # noqa: E402
 from benchmarks import media_truth as mt  # noqa: E402
 
 MODELS_DIR = ROOT.parent / "shared" / "models"
@@ -428,19 +428,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the printed report to this file")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
-    buffer = io.StringIO()
+    tee = Tee()
 
-    class Tee(io.TextIOBase):
-        def write(self, s):
-            sys.__stdout__.write(s)
-            sys.__stdout__.flush()
-            return buffer.write(s)
-
-    with redirect_stdout(Tee()):
+    with redirect_stdout(tee):
         print(f"# Embedder calibration on real faces ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
         run([n.strip() for n in args.embedders.split(",") if n.strip()])
     if args.out:
-        args.out.write_text(buffer.getvalue())
+        args.out.write_text(tee.text)
 
 
 if __name__ == "__main__":

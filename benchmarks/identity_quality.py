@@ -28,7 +28,6 @@ No timing asserts: it prints side-by-side tables (and writes them to ``--out``).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import Tee  # noqa: E402
 from benchmarks import media_truth as mt  # noqa: E402
 
 MODELS_DIR = ROOT.parent / "shared" / "models"
@@ -642,16 +642,10 @@ def main(argv: list[str] | None = None) -> None:
     for s in stacks:
         if s.partition(":")[0] not in STACKS or s.partition(":")[2] not in ("", "nogates"):
             parser.error(f"unknown stack {s!r}; choose from {', '.join(STACKS)}")
-    buffer = io.StringIO()
-
-    class Tee(io.TextIOBase):
-        def write(self, s):
-            sys.__stdout__.write(s)
-            sys.__stdout__.flush()
-            return buffer.write(s)
+    tee = Tee()
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp, redirect_stdout(Tee()):
+    with tempfile.TemporaryDirectory() as tmp, redirect_stdout(tee):
         work = args.keep or Path(tmp)
         print(f"# Identity quality (issue 8), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
         if not args.no_builds:
@@ -673,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
             print_small_faces(small_faces())
             print_small_faces(small_faces(large=(320, 600, 900), frame_size=(1920, 1080)), (1920, 1080))
     if args.out:
-        args.out.write_text(buffer.getvalue())
+        args.out.write_text(tee.text)
 
 
 if __name__ == "__main__":
