@@ -287,7 +287,7 @@ class SampleReader:
                 slot = VIEW_SLOTS.index(ref["view"]) if ref["view"] in self.config.views else None
                 if slot is None or ref_present[n, slot]:
                     continue  # a view not loaded, or a lower-ranked reference of a filled slot
-                ref_pixels[n, slot] = decode_crop(ref["crop"], (h, w))
+                ref_pixels[n, slot] = decode_crop(ref["crop"], (h, w), ref.get("face_box"))
                 ref_present[n, slot] = True
         frames = read_frames(entry.video_path, entry.frame_indices)  # (F, H, W, 3) uint8
         video = resize_center_crop(frames, (entry.bucket.height, entry.bucket.width))  # (3, F, H, W)

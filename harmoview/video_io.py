@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -101,12 +102,19 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float().div_(127.5).sub_(1.0)
 
 
-def decode_crop(data: bytes | None, size: tuple[int, int]) -> torch.Tensor:
-    """JPEG (any PIL-readable image) bytes -> (3, h, w) float32 in [-1, 1], centre-cropped to the aspect ratio."""
+def decode_crop(data: bytes | None, size: tuple[int, int], face_box: Sequence[float] | None = None) -> torch.Tensor:
+    """JPEG (any PIL-readable image) bytes -> (3, h, w) float32 in [-1, 1], cropped to the aspect ratio around
+    the face: ``face_box`` (x0, y0, x1, y1 in crop pixels, as datakit records it) centres the cut, so a face
+    that the frame edge pushed off the crop's centre stays in the picture; without it, the crop's centre."""
     h, w = size
     try:
         image = Image.open(io.BytesIO(data or b""))
-        image = ImageOps.fit(image.convert("RGB"), (w, h), method=Image.Resampling.BICUBIC)
+        centering = (0.5, 0.5)
+        if face_box is not None and image.width > 0 and image.height > 0:
+            x0, y0, x1, y1 = (float(v) for v in face_box)
+            cx, cy = (x0 + x1) / 2 / image.width, (y0 + y1) / 2 / image.height
+            centering = (min(max(cx, 0.0), 1.0), min(max(cy, 0.0), 1.0))
+        image = ImageOps.fit(image.convert("RGB"), (w, h), method=Image.Resampling.BICUBIC, centering=centering)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SampleError("bad_crop", f"reference crop is not an image ({type(exc).__name__}: {exc})") from exc
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (h, w, 3)

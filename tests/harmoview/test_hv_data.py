@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from harmoview.buckets import Bucket, choose_bucket, span, window
@@ -252,7 +254,7 @@ def test_reference_presence_follows_the_samples_table(shipped_run: Path, table: 
     # the crop of a slot is the best-ranked (first) reference of that view, decoded to ref_size
     entry = index.entries[0]
     first = next(r for r in rows[entry.sample_id]["identities"][0]["references"] if r["view"] == "frontal")
-    assert torch.equal(reader.load(entry).ref_pixels[0, 0], decode_crop(first["crop"], (32, 32)))
+    assert torch.equal(reader.load(entry).ref_pixels[0, 0], decode_crop(first["crop"], (32, 32), first["face_box"]))
 
 
 def test_views_identities_and_required_views(shipped_run: Path, table: pa.Table) -> None:
@@ -415,3 +417,14 @@ def test_video_root_resolution(run_copy: Path, tmp_path: Path, monkeypatch: pyte
         0: NUM_SAMPLES,
         1: NUM_SAMPLES,
     }
+
+
+def test_decode_crop_centres_the_cut_on_the_face_box() -> None:
+    """A tall crop whose face sits at the top (the frame edge cut the crop below it): a square cut keeps it."""
+    image = np.full((200, 100, 3), 0, np.uint8)
+    image[10:60, 25:75] = 255  # the "face": a white square near the top
+    data = io.BytesIO()
+    Image.fromarray(image).save(data, format="PNG")
+    plain = decode_crop(data.getvalue(), (32, 32))  # centre cut: rows 50-150, the face mostly gone
+    around = decode_crop(data.getvalue(), (32, 32), (25.0, 10.0, 75.0, 60.0))
+    assert around.mean() > plain.mean() + 0.2
