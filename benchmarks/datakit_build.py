@@ -66,6 +66,10 @@ def worker_class(cfg):
         def process(self, src):
             t = time.perf_counter(); out = super().process(src); self._proc = (time.perf_counter() - t, out.num_frames)
             return out
+        def process_segment(self, src, seg_no):  # one segment of a long video (datakit.segments)
+            t = time.perf_counter(); out = super().process_segment(src, seg_no)
+            self._proc = (time.perf_counter() - t, out.num_frames)
+            return out
         def __call__(self, batch):
             t = time.perf_counter(); out = super().__call__(batch); call_s = time.perf_counter() - t
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
