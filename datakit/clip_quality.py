@@ -172,7 +172,7 @@ class ClipScorer:
         self.std = torch.tensor(pre.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1)
         size = self.model.visual.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.name = f"open_clip:{root.name}"
+        self.name = self.name_for(root, aesthetic_head)
         self.head = None
         if aesthetic_head is not None:
             self.head = load_aesthetic_head(aesthetic_head).to(self.device)
@@ -182,7 +182,12 @@ class ClipScorer:
                     f"aesthetic_head {aesthetic_head} takes {self.head[0].in_features}-d input but the open_clip "
                     f"image embedding of {root} is {width}-d: use a head trained on this CLIP model"
                 )
-            self.name += f"+{Path(aesthetic_head).name}"
+
+    @staticmethod
+    def name_for(model_dir: str | Path, aesthetic_head: str | Path | None = None) -> str:
+        """The name a scorer of these files records with its scores (known before loading them)."""
+        name = f"open_clip:{Path(model_dir).name}"
+        return name + (f"+{Path(aesthetic_head).name}" if aesthetic_head else "")
 
     def _pixels(self, frames_bgr: Sequence[np.ndarray]):
         """BGR frames -> (N, 3, H, W): short side resized to the tower's size, centre-cropped, normalised."""

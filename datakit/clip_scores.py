@@ -47,8 +47,9 @@ def scorer_name(cfg: BuildConfig) -> str | None:
     """The name the configured scorer records (``ClipScorer.name``), or None when none is configured."""
     if cfg.clip_model_dir is None:
         return None
-    name = f"open_clip:{Path(cfg.clip_model_dir).name}"
-    return name + (f"+{Path(cfg.aesthetic_head).name}" if cfg.aesthetic_head else "")
+    from datakit.clip_quality import ClipScorer
+
+    return ClipScorer.name_for(cfg.clip_model_dir, cfg.aesthetic_head)
 
 
 @dataclass(slots=True)

@@ -140,8 +140,7 @@ def refilter(run_dir: str | Path, config: str | Path | None = None, overrides: d
     cfg = replace(BuildConfig.from_run(root), **changes)
     run = RunDir(root)
     samples_before = run.read("samples", schema.SAMPLES).num_rows
-    dim = int(record.get("face_stack", {}).get("embedding_dim") or _stored_dim(run))
-    clip_pass(run, cfg, None, dim=dim)
+    clip_pass(run, cfg)
     clips = run.read("clips", schema.CLIPS)
     dropped = drop_counts(clips)
     summary = FilterSummary(
@@ -177,12 +176,3 @@ def _read_config(path: str | Path) -> dict:
     data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     # A full build config is fine: only its filter fields are taken.
     return {k: v for k, v in data.items() if k in FILTER_FIELDS}
-
-
-def _stored_dim(run) -> int:
-    """Embedding width from the stored tracks table (for a run.json without ``embedding_dim``)."""
-    import pyarrow.parquet as pq
-
-    for path in sorted((run.root / "tracks").glob("*.parquet")):
-        return pq.read_schema(path).field("embedding").type.list_size
-    raise FileNotFoundError(f"{run.root}: no tracks table")

@@ -445,13 +445,13 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     captions = caption_clips(run, cfg, progress=progress)
     if captions.configured:
         timings["captions"] = captions.seconds
-        global_seconds.update({f"recaption.{k}": v for k, v in clip_pass(run, cfg, stack).items()})
+        global_seconds.update({f"recaption.{k}": v for k, v in clip_pass(run, cfg).items()})
     # open_clip scores (datakit.clip_scores), when configured: after captions, so that the image-text score
     # sees them; then the clip pass again so that the low_clip_score / low_aesthetic filters act.
     scores = score_clips(run, cfg, progress=progress)
     if scores.scorer:
         timings["clip_scores"] = scores.seconds
-        global_seconds.update({f"rescore.{k}": v for k, v in clip_pass(run, cfg, stack).items()})
+        global_seconds.update({f"rescore.{k}": v for k, v in clip_pass(run, cfg).items()})
     summary = BuildSummary.from_run(
         run,
         stack,

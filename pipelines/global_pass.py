@@ -27,7 +27,7 @@ from datakit.store import RunDir
 def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
     """Every global pass in order: identities (gates, linking, references), then clips and samples."""
     seconds = identity_pass(run, cfg, stack)
-    seconds.update(clip_pass(run, cfg, stack))
+    seconds.update(clip_pass(run, cfg))
     return seconds
 
 
@@ -70,17 +70,16 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
     return seconds
 
 
-def clip_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack | None, *, dim: int | None = None) -> dict[str, float]:
+def clip_pass(run: RunDir, cfg: BuildConfig) -> dict[str, float]:
     """Complete the per-video clips (captions, scores, filters) and emit the training samples from the kept
-    clips; writes ``clips`` and ``samples``. Cheap: it re-runs no model, so it runs again whenever filters or
-    captions change. ``stack`` only gives the embedding width: pass ``dim`` instead to run without models."""
-    dim = dim if dim is not None else stack.embedder.dim
+    clips; writes ``clips`` and ``samples``. Cheap: it needs no model (not even the embedding width), so it
+    runs again whenever filters or captions change."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     clips = run.read("clips", schema.CLIPS, stage=True)
     clips = attach_captions(clips, run, cfg)  # datakit.captions: from _stage/captions, latest per clip
     clips = attach_clip_scores(clips, run, cfg)  # datakit.clip_scores: open_clip scores, when configured
-    tracks = run.read("tracks", schema.tracks_schema(dim))
+    tracks = run.read("tracks").drop_columns(["embedding"])  # samples need the links, not the vectors
     linked = tracks.filter(pc.is_valid(tracks.column("identity_id")))
     refs = run.read("reference_views", schema.REFERENCE_VIEWS)
     videos = run.read("videos", schema.VIDEOS)

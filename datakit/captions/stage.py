@@ -315,11 +315,8 @@ def caption_run(root: str | Path, *, progress: bool = False, **overrides: object
         raise CaptionerConfigError(NOT_CONFIGURED_HINT)
     run.clean_temporaries()
     summary = caption_clips(run, cfg, progress=progress)
+    clip_pass(run, cfg)
     record = json.loads((run.root / "run.json").read_text())
-    dim = int(record.get("face_stack", {}).get("embedding_dim") or 0)
-    if not dim:
-        raise ValueError(f"{root}/run.json names no face_stack.embedding_dim; rebuild the run with `datakit build`")
-    clip_pass(run, cfg, None, dim=dim)
     record["captions"] = {**summary.to_dict(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json_atomic(record, run.root / "run.json")
     return summary
