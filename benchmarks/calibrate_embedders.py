@@ -80,7 +80,7 @@ def _pad(image: np.ndarray, frac: float) -> np.ndarray:
 
 def collect(stack, video_fps: float = 5.0, hamilton_fps: float = 10.0) -> tuple[list[Sample], list[np.ndarray]]:
     """Labelled faces and their chips, through the stack's detector, pose and chip."""
-    from datakit.decode import DecodeStats, iter_frames, probe
+    from datakit.video.decode import DecodeStats, iter_frames, probe
 
     samples: list[Sample] = []
     chips: list[np.ndarray] = []

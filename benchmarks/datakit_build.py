@@ -46,9 +46,10 @@ t0 = time.perf_counter()
 import ray
 from datakit import BuildConfig
 from pipelines import build as b
+from pipelines.ray_runtime import init_ray
 cfg = BuildConfig(src=sys.argv[1], out=sys.argv[2], models_dir=sys.argv[3], workers=int(sys.argv[4]))
 log_dir = sys.argv[5]
-t_ray = time.perf_counter(); b._init_ray(cfg); t_ray = time.perf_counter() - t_ray
+t_ray = time.perf_counter(); init_ray(cfg); t_ray = time.perf_counter() - t_ray
 orig = b._run_videos
 stage = {}
 def timed(*a, **k):
@@ -66,7 +67,7 @@ def worker_class(cfg):
         def process(self, src):
             t = time.perf_counter(); out = super().process(src); self._proc = (time.perf_counter() - t, out.num_frames)
             return out
-        def process_segment(self, src, seg_no):  # one segment of a long video (datakit.segments)
+        def process_segment(self, src, seg_no):  # one segment of a long video (datakit.video.segments)
             t = time.perf_counter(); out = super().process_segment(src, seg_no)
             self._proc = (time.perf_counter() - t, out.num_frames)
             return out

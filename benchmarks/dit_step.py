@@ -96,7 +96,7 @@ def _build(bench: BenchConfig, impl: str):
     import torch
 
     from harmoview import HarmoViewDiT, References
-    from harmoview.weights import diffusers_config, to_layout
+    from harmoview.model.weights import diffusers_config, to_layout
 
     torch.manual_seed(0)
     model = HarmoViewDiT(_dit_config(bench, impl))

@@ -329,8 +329,8 @@ def detect_time(max_sides: tuple[int, ...] = (0, 960), frames: int = 12, repeats
     """YuNet seconds per 720p frame (median over repeats of the mean over ``frames`` frames) per max side."""
     import cv2
 
-    from datakit.decode import DecodeStats, iter_frames, probe
     from datakit.faces.yunet import YuNetDetector
+    from datakit.video.decode import DecodeStats, iter_frames, probe
 
     cv2.setNumThreads(1)
     path = mt.VIDEOS_DIR / "obama_weekly_address_1.mp4"
@@ -373,8 +373,8 @@ def compose_frames(
     """
     import cv2
 
-    from datakit.decode import DecodeStats, iter_frames, probe
     from datakit.faces.yunet import YuNetDetector
+    from datakit.video.decode import DecodeStats, iter_frames, probe
 
     rng = np.random.default_rng(seed)
     fw, fh = frame_size

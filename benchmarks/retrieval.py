@@ -9,7 +9,7 @@ N/20 synthetic identities, each a normalised random mixture of 2-3 real vectors 
 L2-normalised. Queries are fresh copies of random identities (not stored), i.e. "another photo of a person
 in the data". Per size: build time, single-query p50/p99 latency, recall@10 against exact search, for
 numpy exact (one matrix-vector product + argpartition), faiss IndexFlatIP and datakit's automatic index
-(`datakit.index.build_vector_index`: exact up to EXACT_MAX, else HNSW with efSearch tuned at build).
+(`datakit.tools.index.build_vector_index`: exact up to EXACT_MAX, else HNSW with efSearch tuned at build).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from datakit.identities import embeddings_to_numpy
-from datakit.index import EXACT_MAX, build_vector_index, recall_at_k
+from datakit.passes.identities import embeddings_to_numpy
+from datakit.tools.index import EXACT_MAX, build_vector_index, recall_at_k
 
 K = 10
 

@@ -10,7 +10,7 @@ Same machine and config, after --warmup batches or steps, for each W in --worker
 `DataLoader(TrainDataset(index), batch_size=None, num_workers=W)` alone (or `CachedDataset`), and
 samples/s of the real `Trainer` (its own per-step metrics: step time, batch wait, encode time).
 ratio = loader / training: above 1 the loader outruns training. Encoders: --encoders DIR (a diffusers
-Wan folder plus vit/), else tiny random ones (harmoview.tiny). Each row is the best of --repeats.
+Wan folder plus vit/), else tiny random ones (harmoview.testing). Each row is the best of --repeats.
 
 Synthetic mode, the DiT training step alone on random inputs (no data, no encoders):
 
@@ -42,18 +42,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from harmoview.cache import CachedDataset, build_cache, find_cache
-from harmoview.config import VIEW_SLOTS, get_config
-from harmoview.data import SampleIndex, TrainDataset
-from harmoview.encoders import EncoderPaths, Encoders, training_dtypes
+from harmoview.data.dataset import SampleIndex, TrainDataset
 from harmoview.flow import flow_loss
-from harmoview.metrics import MetricsLog
-from harmoview.optim import build_optimizer
-from harmoview.parallel import apply_activation_checkpointing, apply_fsdp, resolve_bf16
-from harmoview.recipes import BUCKETS, RECIPES, apply_overrides, get_recipe
-from harmoview.references import References
-from harmoview.train import TrainRun, train
-from harmoview.weights import build_model
+from harmoview.model.config import VIEW_SLOTS, get_config
+from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
+from harmoview.model.references import References
+from harmoview.model.weights import build_model
+from harmoview.train.cache import CachedDataset, build_cache, find_cache
+from harmoview.train.log import MetricsLog
+from harmoview.train.optim import build_optimizer
+from harmoview.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_bf16
+from harmoview.train.recipes import BUCKETS, RECIPES, apply_overrides, get_recipe
+from harmoview.train.trainer import TrainRun, train
 
 
 def train_config(args: argparse.Namespace, steps: int = 1, workers: int = 0):
@@ -101,7 +101,7 @@ def pipeline(args: argparse.Namespace, tmp: Path) -> None:
         vit = args.encoders / "vit"
         paths = EncoderPaths.from_wan_dir(args.encoders, vit=vit if vit.is_dir() else None)
     else:
-        from harmoview.tiny import write_tiny_encoders
+        from harmoview.testing import write_tiny_encoders
 
         paths = write_tiny_encoders(tmp / "encoders")
     # The Trainer's device and encoder dtypes: they are part of the cache key.

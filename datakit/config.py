@@ -102,7 +102,7 @@ class BuildConfig:
     filter_min_aesthetic: float | None = None  #: low_aesthetic; off: the scale depends on the configured head
     filter_min_clip_score: float | None = None  #: low_clip_score; off: the scale depends on the open_clip model
     #: local open_clip folder (open_clip_config.json + open_clip_model.safetensors) for clip_score and the
-    #: aesthetic head's image embeddings (datakit.clip_quality.ClipScorer); None = those scores stay null
+    #: aesthetic head's image embeddings (datakit.video.quality.ClipScorer); None = those scores stay null
     clip_model_dir: Path | None = None
     #: local .pth/.safetensors aesthetic head over the CLIP image embedding (LAION aesthetic predictor layout)
     aesthetic_head: Path | None = None

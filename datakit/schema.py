@@ -56,7 +56,7 @@ CLIPS = _with_version(
         pa.field("num_frames", pa.int64(), nullable=False),
         pa.field("num_faces", pa.int32(), nullable=False),
         pa.field("num_tracks", pa.int32(), nullable=False),
-        # Quality scores (datakit.clip_quality): per-video measures, and the open_clip ones when configured.
+        # Quality scores (datakit.video.quality): per-video measures, and the open_clip ones when configured.
         pa.field("motion_score", pa.float32()),
         pa.field("sharpness", pa.float32()),
         pa.field("brightness", pa.float32()),
@@ -64,8 +64,8 @@ CLIPS = _with_version(
         pa.field("face_share", pa.float32()),
         pa.field("aesthetic_score", pa.float32()),  # null unless an aesthetic head is configured
         pa.field("clip_score", pa.float32()),  # image-text score; null unless open_clip and a caption exist
-        pa.field("drop_reason", pa.string()),  # null = kept; else the first clip filter failed (datakit.filters)
-        # Captions (datakit.captions): null when no captioner is configured.
+        pa.field("drop_reason", pa.string()),  # null = kept; else the first clip filter failed (datakit.clips.filters)
+        # Captions (datakit.clips.captions): null when no captioner is configured.
         pa.field("caption", pa.string()),
         pa.field("caption_model", pa.string()),
         pa.field("caption_prompt_version", pa.string()),
@@ -106,7 +106,7 @@ def tracks_schema(dim: int) -> pa.Schema:
             pa.field("clip_id", pa.string(), nullable=False),
             pa.field("video_id", pa.string(), nullable=False),
             pa.field("identity_id", pa.string()),  # null when the track failed a gate (see drop_reason)
-            pa.field("drop_reason", pa.string()),  # null = kept; else the first gate it failed (datakit.gates)
+            pa.field("drop_reason", pa.string()),  # null = kept; else the first gate it failed (datakit.passes.gates)
             pa.field("start_s", pa.float64(), nullable=False),
             pa.field("end_s", pa.float64(), nullable=False),
             pa.field("num_faces", pa.int32(), nullable=False),
@@ -196,7 +196,7 @@ SAMPLES = _with_version(
     ]
 )
 
-#: Identity-disjoint train/eval assignment (datakit.splits): one row per identity and one per sample.
+#: Identity-disjoint train/eval assignment (datakit.tools.splits): one row per identity and one per sample.
 SPLITS = _with_version(
     [
         pa.field("kind", pa.string(), nullable=False),  # identity | sample

@@ -7,7 +7,7 @@ Layout (``<out>/``)::
     clips/ tracks/ identities/ reference_views/ samples/   written by the global passes (part-NNNNN.parquet)
     _stage/clips/ _stage/tracks/ _stage/crops/    per-video inputs of the global passes
     _done/<video_id>.json           completion marker, written last, after every file of the video
-    _done/<video_id>.sNNNN.json     a long video's segment marker (datakit.segments): its faces/errors/stage files
+    _done/<video_id>.sNNNN.json     a long video's segment marker (datakit.video.segments): its faces/errors/stage files
                                     are <video_id>.sNNNN.parquet; the video's marker follows its last segment
     _plan/<video_id>.json           a long video's first pass: shots, pts map, segments (reused on resume)
     _attempts/<video_id>.json       how many workers started on the video (to give up on one that crashes)

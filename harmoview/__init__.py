@@ -7,11 +7,11 @@ Public API shared by the trainer and the sampler:
     velocity = model(video_latents, timesteps, text_features, references, vit_features)
 """
 
-from harmoview.config import FRONTAL_SLOT, PRESETS, VIEW_SLOTS, DiTConfig, get_config
-from harmoview.mfi import MFIProjector, ViTFeatures, load_vit
-from harmoview.model import HarmoViewDiT, is_harmoview_param
-from harmoview.references import References, reference_layout
-from harmoview.weights import (
+from harmoview.model.config import FRONTAL_SLOT, PRESETS, VIEW_SLOTS, DiTConfig, get_config
+from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
+from harmoview.model.mfi import MFIProjector, ViTFeatures, load_vit
+from harmoview.model.references import References, reference_layout
+from harmoview.model.weights import (
     LoadReport,
     build_model,
     from_pretrained,

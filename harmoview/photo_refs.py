@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from harmoview.config import VIEW_SLOTS
+from harmoview.model.config import VIEW_SLOTS
 
 if TYPE_CHECKING:
     from datakit.faces import FaceStack
@@ -77,7 +77,7 @@ def route_photo(
     from datakit.views import ViewBins
 
     bins = bins or ViewBins()
-    from datakit.photos import read_photo_bgr
+    from datakit.tools.photos import read_photo_bgr
 
     frame = read_photo_bgr(ref.path)
     faces = sorted(stack.detect(frame), key=lambda f: f.bbox[0])  # left to right: --face N counts from the left

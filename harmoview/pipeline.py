@@ -26,11 +26,11 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from harmoview.config import FRONTAL_SLOT, VIEW_SLOTS, DiTConfig
-from harmoview.encoders import EncoderPaths, Encoders, training_dtypes
+from harmoview.data.video_io import resize_center_crop, to_unit_range, write_video
 from harmoview.flow import EXPERT_BOUNDARY, NUM_TRAIN_TIMESTEPS, euler_step, sampling_sigmas
-from harmoview.references import References
-from harmoview.video_io import resize_center_crop, to_unit_range, write_video
+from harmoview.model.config import FRONTAL_SLOT, VIEW_SLOTS, DiTConfig
+from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
+from harmoview.model.references import References
 
 SAMPLERS = ("euler", "unipc")
 ReferenceImage = torch.Tensor | Image.Image
@@ -204,8 +204,8 @@ class HarmoViewPipeline:
 
         device: default CUDA when available. dtype: the DiT's weights (default bf16 on GPU, float32 on CPU).
         """
-        from harmoview.trainable import initial_config
-        from harmoview.weights import build_model
+        from harmoview.model.weights import build_model
+        from harmoview.train.trainable import initial_config
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         bf16 = device.type == "cuda"

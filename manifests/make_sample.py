@@ -18,7 +18,8 @@ VIDEOS = ("cisco_two_people.mp4", "single_face.mp4", "zhling_720p.mp4")
 
 
 def main() -> None:
-    from datakit import BuildConfig, build
+    from datakit import BuildConfig
+    from pipelines import build
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "videos"

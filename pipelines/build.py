@@ -6,7 +6,7 @@ videos into per-video Parquet files plus a completion marker (datakit.store). Th
 they need every video, and they are cheap next to decoding and face models. A killed run resumes from
 the markers; ``overwrite`` starts over.
 
-A video longer than ``segment_min_s`` first gets a first pass on Ray (datakit.segments: shots and pts map,
+A video longer than ``segment_min_s`` first gets a first pass on Ray (datakit.video.segments: shots and pts map,
 stored as ``_plan/<video_id>.json``); its segments of whole shots are then work items of the same stream as
 the other videos, each committed with its own marker; the driver writes the video's ``videos`` row and
 marker once its last segment is in.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import resource
 import socket
@@ -29,18 +28,18 @@ import ray
 from tqdm import tqdm
 
 from datakit import schema
-from datakit.captions import caption_clips
-from datakit.captions.base import validate as validate_captioner
-from datakit.clip_scores import score_clips
+from datakit.clips.captions.base import validate as validate_captioner
 from datakit.config import BuildConfig
-from datakit.decode import VideoError, probe
-from datakit.discover import SourceFile, discover, path_id
 from datakit.faces import FaceStack, build_face_stack
 from datakit.faces.model_files import resolve_models_dir
-from datakit.segments import Plan, first_pass
+from datakit.passes.runner import clip_pass, run_global
 from datakit.store import RunDir, write_atomic, write_json_atomic
-from datakit.video_job import VideoOutput, failed_output, process_segment, process_video
-from pipelines.global_pass import clip_pass, run_global
+from datakit.video.decode import VideoError, probe
+from datakit.video.discover import SourceFile, discover, path_id
+from datakit.video.job import VideoOutput, failed_output, process_segment, process_video
+from datakit.video.segments import Plan, first_pass
+from pipelines.clip_stages import caption_clips, score_clips
+from pipelines.ray_runtime import init_ray
 from pipelines.run_info import BuildSummary, run_record
 
 MAX_ATTEMPTS = 3  #: a video that killed this many workers is recorded as failed instead of tried again
@@ -145,7 +144,7 @@ class VideoWorker:
         return process_video(src, self.stack, self.cfg)
 
     def process_segment(self, src: SourceFile, seg_no: int) -> VideoOutput:
-        """One segment of a long video (datakit.segments); an unforeseen library error becomes an error row."""
+        """One segment of a long video (datakit.video.segments); an unforeseen library error becomes an error row."""
         plans = self._plans
         if src.video_id not in plans:
             plans.clear()  # one long video's plan at a time (the pts map of a film is a few MB)
@@ -167,192 +166,6 @@ def _worker_class(cfg: BuildConfig) -> type[VideoWorker]:
     return type("VideoWorker", (VideoWorker,), {"cfg": cfg})
 
 
-class ClusterConnectionError(RuntimeError):
-    """``--address`` / ``RAY_ADDRESS`` names a Ray cluster this process cannot use (unreachable, auth)."""
-
-
-#: seconds for each check of a cluster address (TCP connect, then one GCS handshake)
-CLUSTER_PROBE_TIMEOUT_S = 5.0
-_ADDRESS_HINT = "check --address / RAY_ADDRESS"
-
-
-def _init_ray(cfg: BuildConfig) -> None:
-    """Start this run's own local Ray, or connect to the cluster of ``--address`` / ``RAY_ADDRESS``.
-
-    A local run never joins a cluster that ``ray start`` left in ``/tmp/ray`` (``address="local"``): the
-    per-run worker count is ours to set. A cluster address is checked first (TCP, then one GCS
-    handshake, a few seconds each) so that a wrong address or a missing auth token is one
-    :class:`ClusterConnectionError` line instead of Ray's minutes of retries and a traceback.
-    """
-    if ray.is_initialized():
-        return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    # Keep the terminal to our progress bar and summary; Ray Data still logs to its session log file.
-    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
-    if address and address != "local":
-        _check_cluster(address)
-        # A remote cluster needs our code: ship the two packages (its nodes need the dependencies).
-        import datakit
-        import pipelines
-
-        runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(pipelines.__file__)]}
-        try:
-            with _quiet_native_stderr():
-                ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=False)
-        except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ClusterConnectionError(
-                f"cannot connect to the Ray cluster at {address}: {first}; {_ADDRESS_HINT}"
-            ) from err
-    else:
-        ray.init(
-            address="local",  # never the cluster named in /tmp/ray/ray_current_cluster
-            num_cpus=cfg.workers or os.cpu_count(),
-            include_dashboard=False,
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-        )
-    _StderrFilter.install()
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is one bar over videos
-    ctx.print_on_execution_start = False
-
-
-def _check_cluster(address: str) -> None:
-    """Raise :class:`ClusterConnectionError` unless a Ray GCS that accepts this client answers at ``address``."""
-    import socket
-
-    if address == "auto":  # Ray's own look-up of a local cluster; its errors are wrapped by the caller
-        return
-    target = address.removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise ClusterConnectionError(f"{address!r} is not a Ray cluster address (HOST:PORT); {_ADDRESS_HINT}")
-    try:
-        socket.create_connection((host, int(port)), timeout=CLUSTER_PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        reason = err.strerror or str(err) or type(err).__name__
-        raise ClusterConnectionError(f"cannot reach the Ray cluster at {address}: {reason}; {_ADDRESS_HINT}") from err
-    if address.startswith("ray://"):
-        return  # a Ray Client server, not a GCS: ray.init checks the rest
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-        from ray._raylet import InnerGcsClient
-        from ray.exceptions import AuthenticationError
-    except ImportError:  # another Ray version: ray.init's own checks only
-        return
-    try:
-        with _quiet_native_stderr():
-            InnerGcsClient.standalone(
-                canonicalize_bootstrap_address(address), None, int(CLUSTER_PROBE_TIMEOUT_S * 1000)
-            )
-    except AuthenticationError as err:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-            what = "rejected this client's auth token: use the head node's token"
-        else:
-            what = "requires token authentication: set RAY_AUTH_MODE=token and provide the head node's token"
-        raise ClusterConnectionError(
-            f"the Ray cluster at {address} {what} (its ~/.ray/auth_token, copied to this machine's "
-            "~/.ray/auth_token, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)"
-        ) from err
-    except (TypeError, AttributeError):  # another Ray version's signature: ray.init's own checks only
-        return
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ClusterConnectionError(
-            f"cannot reach the Ray cluster at {address}: no Ray GCS answered ({first}); {_ADDRESS_HINT}"
-        ) from err
-
-
-class _quiet_native_stderr:
-    """Send file descriptor 2 to /dev/null for a while: Ray's C++ client logs each failed attempt there."""
-
-    def __enter__(self) -> None:
-        import sys
-
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-
-    def __exit__(self, *exc: object) -> None:
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-
-
-#: lines of Ray's native logs that say nothing a user can act on, kept from the terminal (still in Ray's logs)
-_NATIVE_NOISE = (
-    # Ray Data passes its own context and transform to every map actor as object-store arguments and turns
-    # on actor restarts (which datakit needs, see MAX_ATTEMPTS): the driver's core worker warns each run.
-    b"has constructor arguments in the object store and max_restarts > 0",
-)
-
-
-class _StderrFilter:
-    """Pass file descriptor 2 through a thread that drops :data:`_NATIVE_NOISE` lines.
-
-    Ray's C++ core worker writes error-level lines to the driver's stderr as well as to its log file
-    (``python-core-driver-*.log`` in the session folder), so a Python logging setting cannot hide them.
-    Installed once per process after ``ray.init`` (so Ray's own processes keep the real stderr); at exit
-    the real stderr is put back after everything written so far went through.
-    """
-
-    _END = b"\0datakit-stderr-filter-end\0\n"
-    _installed = False
-
-    @classmethod
-    def install(cls) -> None:
-        import atexit
-        import sys
-        import threading
-
-        if cls._installed:
-            return
-        cls._installed = True
-        sys.stderr.flush()
-        real = os.dup(2)
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, 2)
-        pump = threading.Thread(target=cls._pump, args=(read_end, real), name="datakit-stderr", daemon=True)
-        pump.start()
-        atexit.register(cls._restore, real, write_end, pump)
-
-    @classmethod
-    def _pump(cls, read_end: int, real: int) -> None:
-        pending = b""
-        while True:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break
-            done = cls._END in chunk
-            pending += chunk.split(cls._END)[0]
-            *lines, pending = pending.split(b"\n")
-            out = b"".join(line + b"\n" for line in lines if not any(n in line for n in _NATIVE_NOISE))
-            if pending and (done or not pending.startswith(b"[")):  # a progress bar's \r line: now, not at \n
-                out, pending = out + pending, b""
-            try:
-                while out:
-                    out = out[os.write(real, out) :]
-            except OSError:
-                pass  # the terminal went away (a closed pipe): keep draining, or writers to fd 2 would block
-            if done:
-                break
-
-    @classmethod
-    def _restore(cls, real: int, write_end: int, pump) -> None:
-        import contextlib
-        import sys
-
-        with contextlib.suppress(OSError, ValueError):
-            sys.stderr.flush()
-        os.dup2(real, 2)
-        os.write(write_end, cls._END)
-        pump.join(timeout=5)
-
-
 #: settings that change how a run is executed but not what it writes: free to differ on resume
 #: (segment_*: a long video keeps the plan of its first pass, stored in the run folder, whatever they are now)
 _EXECUTION_ONLY = frozenset({"src", "out", "workers", "address", "overwrite", "segment_min_s", "segment_s"})
@@ -372,7 +185,7 @@ GLOBAL_ONLY = frozenset(
         *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("filter_")),
         # captions: a stage of their own, resumable per clip; captions of another model/prompt are added
         *(f.name for f in dataclasses.fields(BuildConfig) if f.name.startswith("caption")),
-        # open_clip scores: a stage of their own as well (datakit.clip_scores)
+        # open_clip scores: a stage of their own as well (datakit.clips.scores)
         "clip_model_dir",
         "aesthetic_head",
     }
@@ -440,13 +253,13 @@ def build(cfg: BuildConfig, *, progress: bool = True) -> BuildSummary:
     t_global = time.perf_counter()
     global_seconds = run_global(run, cfg, stack)
     timings["global"] = time.perf_counter() - t_global
-    # Captions (datakit.captions): the kept clips of `clips`, on a Ray actor pool, resumable per clip; then
+    # Captions (datakit.clips.captions): the kept clips of `clips`, on a Ray actor pool, resumable per clip; then
     # the clip pass again so that the captions reach `clips` and `samples`.
     captions = caption_clips(run, cfg, progress=progress)
     if captions.configured:
         timings["captions"] = captions.seconds
         global_seconds.update({f"recaption.{k}": v for k, v in clip_pass(run, cfg).items()})
-    # open_clip scores (datakit.clip_scores), when configured: after captions, so that the image-text score
+    # open_clip scores (datakit.clips.scores), when configured: after captions, so that the image-text score
     # sees them; then the clip pass again so that the low_clip_score / low_aesthetic filters act.
     scores = score_clips(run, cfg, progress=progress)
     if scores.scorer:
@@ -525,7 +338,7 @@ def _run_videos(
     busy = workers_busy if workers_busy is not None else {}
     if not todo:
         return timings
-    _init_ray(cfg)
+    init_ray(cfg)
     run = RunDir(cfg.out)
     plans, notes = _plan_long_videos(cfg, run, todo, timings)
     items, pending = [], {}  # pending: video id -> segments still to run
@@ -591,7 +404,7 @@ def _run_videos(
 
 
 def _first_pass_task(path: str, video_id: str, cfg: BuildConfig) -> Plan:
-    """Ray task: a long video's first pass (datakit.segments); never raises (a failure means: not split)."""
+    """Ray task: a long video's first pass (datakit.video.segments); never raises (a failure means: not split)."""
     try:
         info = probe(path)
         plan = first_pass(path, video_id, info, cfg)

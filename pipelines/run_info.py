@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.compute as pc
 
 from datakit import schema
-from datakit.captions import NOT_CONFIGURED_HINT, CaptionSummary
+from datakit.clips.captions import NOT_CONFIGURED_HINT, CaptionSummary
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
 from datakit.store import RunDir
@@ -45,8 +45,8 @@ class BuildSummary:
     num_clips: int
     num_faces: int
     num_tracks: int
-    tracks_dropped: dict[str, int]  # drop_reason -> tracks that failed that gate (datakit.gates)
-    clips_dropped: dict[str, int]  # drop_reason -> clips that failed that filter (datakit.filters)
+    tracks_dropped: dict[str, int]  # drop_reason -> tracks that failed that gate (datakit.passes.gates)
+    clips_dropped: dict[str, int]  # drop_reason -> clips that failed that filter (datakit.clips.filters)
     num_identities: int
     num_multi_video_identities: int
     num_reference_views: int
@@ -55,9 +55,9 @@ class BuildSummary:
     resumed_videos: int
     wall_s: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    #: caption stage (datakit.captions): this run's counts, and clips that hold a caption now
+    #: caption stage (datakit.clips.captions): this run's counts, and clips that hold a caption now
     captions: dict = field(default_factory=dict)
-    #: long videos (datakit.segments): how many were split, into how many segments, and why others were not
+    #: long videos (datakit.video.segments): how many were split, into how many segments, and why others were not
     long_videos: dict = field(default_factory=dict)
     #: per worker process ("host:pid") of this run: busy seconds, items (videos or segments) and videos
     workers: dict = field(default_factory=dict)

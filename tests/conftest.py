@@ -28,7 +28,8 @@ def models_dir() -> Path:
 
 _BUILD_CHILD = """
 import json, sys
-from datakit import BuildConfig, build
+from datakit import BuildConfig
+from pipelines import build
 summary = build(BuildConfig(**json.loads(sys.argv[1])), progress=False)
 print(json.dumps(summary.to_dict()))
 """

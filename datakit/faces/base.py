@@ -104,7 +104,7 @@ class Detector(Protocol):
     embedding and crops always use the full-resolution frame.
 
     ``detect`` returns the faces scoring at least ``score_threshold``; ``detect(frame, min_score=...)``
-    also reports weaker detections down to ``min_score``: the tracker (datakit.tracking) lets those extend
+    also reports weaker detections down to ``min_score``: the tracker (datakit.video.tracking) lets those extend
     a live track but never start one. ``low_score_threshold`` is the backend's default ``min_score`` there.
     """
 
@@ -112,7 +112,7 @@ class Detector(Protocol):
     sees_profiles: bool
     score_threshold: float
     low_score_threshold: float
-    #: the score a track must reach once to be a person, and a face to give a reference (datakit.gates)
+    #: the score a track must reach once to be a person, and a face to give a reference (datakit.passes.gates)
     confident_score: float
 
     def detect(self, frame_bgr: np.ndarray, min_score: float | None = None) -> list[Face]: ...

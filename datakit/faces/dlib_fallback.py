@@ -24,7 +24,7 @@ HOG_UPSAMPLE_MAX_SIDE = 1024
 #: a clear frontal face (margin ~1.5-3) to 0.95-1.
 HOG_SCORE_SLOPE = 2.0
 #: Lowest score reported for tracking (``detect(min_score=...)``; SVM margin -0.2): such faces may only
-#: extend a live track (datakit.tracking). Provisional, not calibrated on footage: HOG misses turned faces
+#: extend a live track (datakit.video.tracking). Provisional, not calibrated on footage: HOG misses turned faces
 #: outright rather than scoring them low, so a small step below the detector's own threshold is enough.
 HOG_LOW_SCORE_THRESHOLD = 0.4
 
@@ -100,7 +100,7 @@ class HogDetector:
 
     name = "dlib-hog"
     sees_profiles = False
-    confident_score = 0.5  #: SVM margin 0, HOG's own decision boundary (see datakit.gates)
+    confident_score = 0.5  #: SVM margin 0, HOG's own decision boundary (see datakit.passes.gates)
 
     def __init__(
         self, det_threshold: float = 0.5, upsample: int | None = None, max_side: int = DETECT_MAX_SIDE

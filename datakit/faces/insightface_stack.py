@@ -33,7 +33,7 @@ ARCFACE_SAME_PERSON_COSINE = 0.36
 ARCFACE_MIN_EMBED_PX = 32.0
 ARCFACE_MAX_EMBED_YAW_DEG = 75.0
 #: SCRFD's own default face threshold, and the lowest score reported for tracking (``detect(min_score=...)``):
-#: such faces may only extend a live track (datakit.tracking). Measured with the insightface_sc_int8 pack
+#: such faces may only extend a live track (datakit.video.tracking). Measured with the insightface_sc_int8 pack
 #: (SCRFD-500M) on Lacamoire's Hamilton close-up: his turned face scores 0.33-0.44 at frames 50-80, so at
 #: 0.5 his track ends at frame 40; at 0.3 it runs 20-80 and the other tracks of the shot only gain frames.
 SCRFD_SCORE_THRESHOLD = 0.5
@@ -51,7 +51,7 @@ class InsightFaceDetector:
     """
 
     sees_profiles = True
-    #: SCRFD's faces score 0.7-0.9 on the shipped footage; insightface's own threshold is 0.5 (datakit.gates)
+    #: SCRFD's faces score 0.7-0.9 on the shipped footage; insightface's own threshold is 0.5 (datakit.passes.gates)
     confident_score = 0.6
 
     def __init__(self, app, pack_name: str, score_threshold: float = SCRFD_SCORE_THRESHOLD) -> None:

@@ -72,7 +72,7 @@ def face_quality(face: Face, sharpness: float, frame_shape: tuple[int, ...]) -> 
 
 #: Default long side (px) of a reference crop: big enough for training at 480p/720p; never upscaled.
 CROP_MAX_SIDE = 512
-#: Side (px) of the gray thumbnail of a crop that ``datakit.references`` compares to find near-duplicates.
+#: Side (px) of the gray thumbnail of a crop that ``datakit.passes.references`` compares to find near-duplicates.
 THUMB_SIDE = 32
 
 
@@ -96,7 +96,7 @@ def head_crop(
     ``face_box`` is the detector box in the crop's pixels (same scale as the JPEG), clipped to the crop where
     the face is cut by the frame edge, so a trainer can re-crop around the face. ``thumb`` is the crop region
     shrunk to ``THUMB_SIDE`` px gray (from the frame, before JPEG): the near-duplicate descriptor of
-    :mod:`datakit.references`.
+    :mod:`datakit.passes.references`.
     """
     height, width = frame_bgr.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in bbox)

@@ -20,7 +20,7 @@ from datakit.faces.base import (
 #: Profile faces score 0.6-0.87 with YuNet; OpenCV's default 0.9 drops every one of them.
 YUNET_SCORE_THRESHOLD = 0.6
 #: Lowest score reported for tracking (``detect(min_score=...)``): such faces may only extend a live track
-#: (datakit.tracking). Measured on Lacamoire's Hamilton close-up (frames 20-81): his turned, edge-cut face
+#: (datakit.video.tracking). Measured on Lacamoire's Hamilton close-up (frames 20-81): his turned, edge-cut face
 #: scores 0.57 at sampled frame 70 and 0.28 at frame 60. 0.5 recovers frame 70 and makes his appearance
 #: one track; at 0.4-0.3 the blurred non-face tracks of that shot start taking weaker blob boxes (a 0.40
 #: non-face box at frame 80 joins one), and frame 60 only comes at 0.28. Shipped run: 3 low-score rows.
@@ -44,7 +44,7 @@ class YuNetDetector:
 
     name = "yunet-2023mar"
     sees_profiles = True
-    #: a track must reach this score once to be a person, and a face to give a reference (datakit.gates):
+    #: a track must reach this score once to be a person, and a face to give a reference (datakit.passes.gates):
     #: every face track of the shipped footage peaks at 0.86-0.96; motion-blurred turned heads (the back of
     #: Lacamoire's head) and dark blobs score 0.6-0.7
     confident_score = 0.7

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harmoview.mfi import CLIP_MEAN, CLIP_STD
+from harmoview.model.mfi import CLIP_MEAN, CLIP_STD
 
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 

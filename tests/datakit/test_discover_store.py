@@ -6,9 +6,9 @@ import shutil
 
 import pyarrow as pa
 
-from datakit.discover import discover, sniff
 from datakit.store import RunDir
-from datakit.tracking import IouTracker, iou
+from datakit.video.discover import discover, sniff
+from datakit.video.tracking import IouTracker, iou
 from tests.conftest import MODELS, STILLS, VIDEOS
 
 

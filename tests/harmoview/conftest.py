@@ -1,4 +1,4 @@
-"""Fixtures of the HarmoView model tests (helpers live in hv_helpers.py)."""
+"""Fixtures of the HarmoView model tests (helpers live in tests/harmoview/model/helpers.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def tiny() -> DiTConfig:
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory):
     """The real encoder classes at tiny random sizes, saved and reloaded through from_pretrained."""
-    from harmoview.tiny import write_tiny_encoders
+    from harmoview.testing import write_tiny_encoders
 
     return write_tiny_encoders(tmp_path_factory.mktemp("encoders"))
 
@@ -30,9 +30,8 @@ def tiny_encoders(tmp_path_factory):
 def tiny_init(tmp_path_factory):
     """A tiny HarmoView checkpoint folder, the `--init` of stage-1 tests: a "pretrained" backbone (perturbed
     away from Wan's init, whose zero head would block every gradient) and freshly initialised new modules."""
-    from hv_helpers import pretrained_like
-
     from harmoview import build_model, save_checkpoint
+    from tests.harmoview.model.helpers import pretrained_like
 
     torch.manual_seed(0)
     model, _ = build_model(get_config("tiny"))

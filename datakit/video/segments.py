@@ -1,0 +1,236 @@
+"""Long videos in parallel: a cheap first pass finds the shots, then segments of whole shots are work items.
+
+First pass (:func:`first_pass`): one sequential decode with PyAV's threads on, every frame scored for
+shots on a ``SCORE_WIDTH`` thumbnail only (no full-size conversion), exactly as an unsplit run scores
+them. It keeps the shot boundaries, the frames where the detector reported a cut (where an unsplit run
+cuts its tracker and restarts sampling) and every frame's pts, nothing else.
+
+Segments (:func:`plan_segments`): consecutive whole shots of about ``segment_s``; a segment starts only
+at a frame where the unsplit run restarts everything (a cut reported on its own frame), so a segment's
+tracks, samples and clip scores are exactly the unsplit run's. Each segment decodes only its frames
+(:func:`iter_segment_frames`: seek to the keyframe before, decode forward, map frames to the indices
+of a sequential decode through the pts map; any mismatch falls back to a sequential decode).
+
+A video whose timestamps make that mapping unsafe (missing or non-increasing pts, variable frame rate,
+a decode error in the first pass) is not split: it runs as one item, and the plan says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from datakit.video.decode import DecodeStats, Frame, ProbeInfo, Scalers, VideoError, iter_frames
+from datakit.video.shots import SCORE_WIDTH, Segment, ShotDetector, split_long
+
+
+@dataclass(slots=True)
+class SegmentSpec:
+    """One work item: frames ``[start_frame, end_frame)`` holding clips ``[clip_lo, clip_hi)``."""
+
+    start_frame: int
+    end_frame: int
+    clip_lo: int
+    clip_hi: int
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the first pass learnt about one long video (stored as ``_plan/<video_id>.json``)."""
+
+    video_id: str
+    split: bool  # False: the video runs as one item (``reason`` says why)
+    reason: str = ""
+    num_frames: int = 0
+    fps: float = 0.0
+    duration_s: float | None = None
+    clips: list[list] = field(default_factory=list)  # [start_frame, end_frame, start_s, end_s] per clip
+    emitted: list[int] = field(default_factory=list)  # frames where the shot detector reported a cut
+    pts: list[int] = field(default_factory=list)  # pts of every frame, in sequential decode order
+    segments: list[list[int]] = field(default_factory=list)  # SegmentSpec fields per segment
+    seconds: float = 0.0
+    videos_row: dict = field(default_factory=dict)  # the probe's columns of the video's ``videos`` row
+
+    def segment(self, no: int) -> SegmentSpec:
+        return SegmentSpec(*self.segments[no])
+
+    def clip_segments(self) -> list[Segment]:
+        return [Segment(int(a), int(b), float(s), float(e)) for a, b, s, e in self.clips]
+
+    def save(self, path: Path) -> None:
+        """The pts map as ``<video_id>.pts.npy`` (written first), the rest as small JSON (the commit point)."""
+        from datakit.store import write_json_atomic
+
+        data = asdict(self)
+        pts = data.pop("pts")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.pts.tmp.npy")
+        np.save(tmp, np.asarray(pts, dtype=np.int64))
+        os.replace(tmp, path.with_suffix(".pts.npy"))
+        write_json_atomic(data, path)
+
+    @classmethod
+    def load(cls, path: Path, *, with_pts: bool = True) -> Plan:
+        data = json.loads(path.read_text())
+        pts_file = path.with_suffix(".pts.npy")
+        data["pts"] = np.load(pts_file).tolist() if with_pts and pts_file.exists() else []
+        return cls(**data)
+
+
+def first_pass(path: str | Path, video_id: str, info: ProbeInfo, cfg) -> Plan:
+    """Decode sequentially (threads on), score shots on thumbnails, plan the segments."""
+    t0 = time.perf_counter()
+    stats = DecodeStats()
+    shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
+    pts: list[int] = []
+    emitted: list[int] = []
+    own_frame: set[int] = set()  # frames whose reported cut is the frame itself
+    missing_pts = False
+    for item in iter_frames(path, info.fps, stats, threads=0, thread_type="AUTO"):
+        p = item._frame.pts
+        if p is None:
+            missing_pts = True
+            p = -1
+        pts.append(int(p))
+        before = len(shots._cuts)
+        if shots.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH)):
+            emitted.append(item.index)
+            if shots._cuts[before:] == [item.index]:
+                own_frame.add(item.index)
+    plan = Plan(video_id, False, num_frames=stats.num_frames, fps=info.fps, duration_s=info.duration_s)
+    plan.seconds = time.perf_counter() - t0
+    reason = _unsafe(stats, pts, missing_pts)
+    if reason:
+        plan.reason = reason
+        return plan
+    clips = split_long(shots.segments(), info.fps, cfg.max_clip_s)
+    plan.clips = [[c.start_frame, c.end_frame, c.start_s, c.end_s] for c in clips]
+    plan.emitted, plan.pts = emitted, pts
+    specs = plan_segments(clips, own_frame, info.fps, cfg.segment_s)
+    plan.segments = [[s.start_frame, s.end_frame, s.clip_lo, s.clip_hi] for s in specs]
+    if len(specs) < 2:
+        plan.reason = "one segment only (no usable shot boundary)"
+        return plan
+    plan.split = True
+    return plan
+
+
+def _unsafe(stats: DecodeStats, pts: list[int], missing: bool) -> str:
+    if stats.error is not None or stats.num_bad_packets:
+        return f"first pass decode error: {stats.error.message if stats.error else 'bad packets'}"
+    if not pts:
+        return "no frame decoded"
+    if missing:
+        return "frames without pts"
+    deltas = [b - a for a, b in itertools.pairwise(pts)]
+    if any(d <= 0 for d in deltas):
+        return "non-monotonic pts"
+    if deltas:
+        ordered = sorted(deltas)
+        median = ordered[len(ordered) // 2]
+        if ordered[0] < 0.5 * median or ordered[-1] > 1.5 * median:
+            return "variable frame rate"
+    return ""
+
+
+def plan_segments(clips: list[Segment], restarts: set[int], fps: float, segment_s: float) -> list[SegmentSpec]:
+    """Group consecutive clips into segments of about ``segment_s``; a segment may start only at frame 0 or
+    at a frame in ``restarts`` (a shot start where an unsplit run resets its per-shot state)."""
+    specs: list[SegmentSpec] = []
+    lo = 0
+    for c in range(1, len(clips) + 1):
+        if c < len(clips):
+            start = clips[c].start_frame
+            if start not in restarts:
+                continue
+            if (clips[c].start_s - clips[lo].start_s) < segment_s:
+                continue
+        specs.append(SegmentSpec(clips[lo].start_frame, clips[c - 1].end_frame, lo, c))
+        lo = c
+    # a short tail joins the segment before it
+    if len(specs) >= 2:
+        tail = specs[-1]
+        if (clips[tail.clip_hi - 1].end_s - clips[tail.clip_lo].start_s) < 0.5 * segment_s:
+            prev = specs[-2]
+            specs[-2:] = [SegmentSpec(prev.start_frame, tail.end_frame, prev.clip_lo, tail.clip_hi)]
+    return specs
+
+
+def iter_segment_frames(
+    path: str | Path, fps: float, stats: DecodeStats, start: int, end: int, pts: list[int]
+) -> Iterator[Frame]:
+    """Frames ``[start, end)`` with the indices and times of a sequential decode: seek to the keyframe
+    before ``start``, decode forward and check every frame's pts against the first pass; on any mismatch
+    (or a seek error) decode the file sequentially from its start instead."""
+    try:
+        yield from _seek_decode(path, fps, stats, start, end, pts)
+        return
+    except _Mismatch:
+        pass
+    stats.num_frames, stats.num_bad_packets, stats.error, stats.errors = 0, 0, None, []
+    stats.note = "sequential decode (seek did not map onto the first pass)"
+    for frame in iter_frames(path, fps, stats):
+        if frame.index >= end:
+            break
+        if frame.index >= start:
+            yield frame
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _seek_decode(path, fps, stats: DecodeStats, start: int, end: int, pts: list[int]) -> Iterator[Frame]:
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise _Mismatch from exc
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"
+        stream.thread_count = 1
+        time_base = stream.time_base or Fraction(1, 1)
+        start_pts = stream.start_time or 0
+        scalers = Scalers()
+        index = start
+        yielded = False
+        try:
+            if start > 0:
+                container.seek(pts[start], stream=stream, backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    if frame.pts is None:
+                        raise _Mismatch
+                    if frame.pts < pts[start]:
+                        if yielded:
+                            raise _Mismatch
+                        continue
+                    if index >= end:
+                        return
+                    if frame.pts != pts[index]:
+                        if yielded:
+                            raise RuntimeError(f"frame {index}: pts {frame.pts} != first pass {pts[index]}")
+                        raise _Mismatch
+                    t_s = float((frame.pts - start_pts) * time_base)
+                    stats.num_frames += 1
+                    yielded = True
+                    yield Frame(index, t_s, frame, scalers)
+                    index += 1
+        except av.error.FFmpegError as exc:
+            if yielded:
+                stats.error = VideoError("decode", type(exc).__name__, str(exc))
+                return
+            raise _Mismatch from exc
+    if index < end and not yielded:
+        raise _Mismatch
+    if index < end:
+        stats.error = VideoError("decode", "ShortSegment", f"segment ended at frame {index}, expected {end}")

@@ -1,0 +1,1 @@
+"""The HarmoView DiT: configs, blocks, RoPE (Jump-RoPE), reference tokens, MFI, weights and encoders."""

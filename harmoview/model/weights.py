@@ -1,0 +1,315 @@
+"""Loading and saving weights: Wan native and diffusers (`WanTransformer3DModel`) layouts.
+
+Our parameter names are Wan's native ones. Diffusers names are mapped by a table of templates; the
+HarmoView modules have no Wan counterpart and keep our names in either layout. Every checkpoint key
+either lands in a parameter or is reported as unexpected; every parameter is either loaded or reported
+as missing (backbone) or new (HarmoView) - nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from harmoview.model.config import DiTConfig
+from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
+
+NATIVE, DIFFUSERS = "native", "diffusers"
+_ATTN = {"self_attn": "attn1", "cross_attn": "attn2"}
+_ATTN_LINEARS = {
+    "q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0", "norm_q": "norm_q", "norm_k": "norm_k",
+}  # fmt: skip
+# (native template, diffusers template); {i} = block index, {p} = weight|bias.
+_KEY_TEMPLATES: list[tuple[str, str]] = [
+    ("patch_embedding.{p}", "patch_embedding.{p}"),
+    ("text_embedding.0.{p}", "condition_embedder.text_embedder.linear_1.{p}"),
+    ("text_embedding.2.{p}", "condition_embedder.text_embedder.linear_2.{p}"),
+    ("time_embedding.0.{p}", "condition_embedder.time_embedder.linear_1.{p}"),
+    ("time_embedding.2.{p}", "condition_embedder.time_embedder.linear_2.{p}"),
+    ("time_projection.1.{p}", "condition_embedder.time_proj.{p}"),
+    ("head.head.{p}", "proj_out.{p}"),
+    ("head.modulation", "scale_shift_table"),
+    ("blocks.{i}.modulation", "blocks.{i}.scale_shift_table"),
+    ("blocks.{i}.norm3.{p}", "blocks.{i}.norm2.{p}"),  # the cross-attention norm: Wan norm3 = diffusers norm2
+    ("blocks.{i}.ffn.0.{p}", "blocks.{i}.ffn.net.0.proj.{p}"),
+    ("blocks.{i}.ffn.2.{p}", "blocks.{i}.ffn.net.2.{p}"),
+] + [
+    (f"blocks.{{i}}.{an}.{ln}.{{p}}", f"blocks.{{i}}.{ad}.{ld}.{{p}}")
+    for an, ad in _ATTN.items()
+    for ln, ld in _ATTN_LINEARS.items()
+]
+# Prefixes some Wan exports put in front of every key (ComfyUI, training wrappers).
+_STRIP_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(pattern + "$")
+
+
+_TO_NATIVE = [(_template_regex(d), n) for n, d in _KEY_TEMPLATES]
+_TO_DIFFUSERS = [(_template_regex(n), d) for n, d in _KEY_TEMPLATES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for regex, template in rules:
+        m = regex.match(key)
+        if m:
+            return template.format(**m.groupdict())
+    return key if is_harmoview_param(key) else None
+
+
+def native_to_diffusers_key(key: str) -> str | None:
+    """Diffusers name of a native key (HarmoView keys unchanged); None if the key is unknown."""
+    return _rename(key, _TO_DIFFUSERS)
+
+
+def diffusers_to_native_key(key: str) -> str | None:
+    """Native name of a diffusers key (HarmoView keys unchanged); None if the key is unknown."""
+    return _rename(key, _TO_NATIVE)
+
+
+def detect_layout(keys: list[str]) -> str:
+    """'diffusers' or 'native', judged by keys that exist in only one of the layouts."""
+    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in keys):
+        return DIFFUSERS
+    if any(k.startswith("time_embedding.") or ".self_attn." in k for k in keys):
+        return NATIVE
+    raise ValueError("cannot tell the checkpoint layout: no Wan native or diffusers keys found")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _STRIP_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, a directory of (sharded) safetensors, or a .pt/.pth file."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no .safetensors files in {path}")
+    elif path.suffix == ".safetensors":
+        files = [path]
+    else:
+        return _strip_prefix(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                state[key] = f.get_tensor(key)
+    return _strip_prefix(state)
+
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did to each parameter and key."""
+
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Backbone parameters the checkpoint lacks (initialised instead)."""
+    unexpected: list[str] = field(default_factory=list)
+    """Checkpoint keys with no parameter to go to (their original names)."""
+    mismatched: list[str] = field(default_factory=list)
+    """Keys whose shape differs from the parameter's (not loaded)."""
+    new: list[str] = field(default_factory=list)
+    """HarmoView parameters the checkpoint lacks: newly initialised, as expected for a Wan checkpoint."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        lines = [f"layout={self.layout} loaded={len(self.loaded)} new={len(self.new)}"]
+        for name in ("missing", "unexpected", "mismatched", "new"):
+            keys = getattr(self, name)
+            if keys:
+                more = f" ... (+{len(keys) - 8})" if len(keys) > 8 else ""
+                lines.append(f"{name} ({len(keys)}): {', '.join(keys[:8])}{more}")
+        return "\n".join(lines)
+
+
+def load_weights(
+    model: HarmoViewDiT,
+    state: dict[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """Load a native- or diffusers-layout state dict into `model` (which may live on the meta device).
+
+    Parameters still on meta afterwards (new HarmoView modules, missing keys when not strict) are
+    materialised on `device` and initialised. With `strict`, missing/unexpected/mismatched keys raise
+    before anything is changed.
+    """
+    state = _strip_prefix(state)
+    layout = detect_layout(list(state))
+    params = dict(model.named_parameters())
+    report = LoadReport(layout=layout)
+    converted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = key if layout == NATIVE else diffusers_to_native_key(key)
+        if name is None or name not in params:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(params[name].shape):
+            report.mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(params[name].shape)}")
+        else:
+            converted[name] = tensor
+    for name in params:
+        if name not in converted:
+            (report.new if is_harmoview_param(name) else report.missing).append(name)
+    report.loaded = sorted(converted)
+    if strict and not report.ok:
+        raise ValueError("checkpoint does not match the model:\n" + report.summary())
+
+    for name, tensor in converted.items():
+        _set_parameter(model, name, tensor.to(device=device, dtype=dtype or params[name].dtype))
+    _materialise_rest(model, device, dtype)
+    return report
+
+
+def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, leaf)
+    if old.is_meta or old.device != value.device or old.dtype != value.dtype:
+        setattr(module, leaf, nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        with torch.no_grad():
+            old.copy_(value)
+
+
+def _materialise_rest(model: HarmoViewDiT, device: torch.device | str, dtype: torch.dtype | None) -> None:
+    """Allocate and initialise parameters left on the meta device."""
+    names = [n for n, p in model.named_parameters() if p.is_meta]
+    for name in names:
+        old = model.get_parameter(name)
+        empty = torch.empty(old.shape, device=device, dtype=dtype or old.dtype)
+        _set_parameter(model, name, empty)
+    if names:
+        model.initialize_weights(names)
+
+
+def build_model(
+    config: DiTConfig,
+    checkpoint: str | Path | dict[str, torch.Tensor] | None = None,
+    *,
+    strict: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[HarmoViewDiT, LoadReport | None]:
+    """Build on the meta device and materialise only what is needed: loaded tensors plus new modules.
+
+    A 14B model never exists twice in memory (no random init that is then overwritten).
+    """
+    with torch.device("meta"):
+        model = HarmoViewDiT(config)
+    if checkpoint is None:
+        model.to_empty(device=device).to(dtype)
+        model.initialize_weights()
+        return model, None
+    state = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint)
+    report = load_weights(model, state, strict=strict, device=device, dtype=dtype)
+    return model, report
+
+
+def to_layout(model: HarmoViewDiT | dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """A model's (or a native state dict's) tensors in `layout` ('native' or 'diffusers')."""
+    source = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().contiguous() for k, v in source.items()}
+    if layout == NATIVE:
+        return state
+    if layout != DIFFUSERS:
+        raise ValueError(f"unknown layout {layout!r}")
+    return {native_to_diffusers_key(k): v for k, v in state.items()}
+
+
+def diffusers_config(config: DiTConfig) -> dict:
+    """`WanTransformer3DModel` config.json fields for the backbone of `config`."""
+    return {
+        "_class_name": "WanTransformer3DModel",
+        "patch_size": list(config.patch_size),
+        "num_attention_heads": config.num_heads,
+        "attention_head_dim": config.head_dim,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "text_dim": config.text_dim,
+        "freq_dim": config.freq_dim,
+        "ffn_dim": config.ffn_dim,
+        "num_layers": config.num_layers,
+        "cross_attn_norm": config.cross_attn_norm,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": config.eps,
+    }
+
+
+def save_checkpoint(
+    model: HarmoViewDiT | dict[str, torch.Tensor], directory: str | Path, layout: str = DIFFUSERS,
+    config: DiTConfig | None = None,
+) -> Path:  # fmt: skip
+    """Write `diffusion_pytorch_model.safetensors`, a layout config.json and our `harmoview.json`.
+
+    `model` may be a native-layout state dict (e.g. gathered from FSDP), then `config` is required.
+    """
+    config = config or model.config
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(to_layout(model, layout), str(directory / "diffusion_pytorch_model.safetensors"))
+    if layout == DIFFUSERS:
+        (directory / "config.json").write_text(json.dumps(diffusers_config(config), indent=2))
+    (directory / "harmoview.json").write_text(config.to_json())
+    return directory
+
+
+def read_config(directory: str | Path) -> DiTConfig:
+    """Our config from `harmoview.json`, else from a diffusers or native Wan `config.json`."""
+    directory = Path(directory)
+    if (directory / "harmoview.json").exists():
+        return DiTConfig.from_dict(json.loads((directory / "harmoview.json").read_text()))
+    cfg = json.loads((directory / "config.json").read_text())
+    if "num_attention_heads" in cfg:  # diffusers
+        return DiTConfig(
+            dim=cfg["num_attention_heads"] * cfg["attention_head_dim"], ffn_dim=cfg["ffn_dim"],
+            num_heads=cfg["num_attention_heads"], num_layers=cfg["num_layers"],
+            in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+            text_dim=cfg["text_dim"], freq_dim=cfg["freq_dim"],
+            patch_size=tuple(cfg["patch_size"]), eps=cfg["eps"], cross_attn_norm=cfg["cross_attn_norm"],
+        )  # fmt: skip
+    return DiTConfig(  # native Wan config.json
+        dim=cfg["dim"], ffn_dim=cfg["ffn_dim"], num_heads=cfg["num_heads"], num_layers=cfg["num_layers"],
+        in_channels=cfg["in_dim"], out_channels=cfg["out_dim"], text_dim=cfg.get("text_dim", 4096),
+        freq_dim=cfg["freq_dim"], patch_size=tuple(cfg.get("patch_size", (1, 2, 2))), eps=cfg["eps"],
+        cross_attn_norm=cfg.get("cross_attn_norm", True),
+    )  # fmt: skip
+
+
+def from_pretrained(
+    directory: str | Path, config: DiTConfig | None = None, **kwargs: object
+) -> tuple[HarmoViewDiT, LoadReport]:
+    """Build a model from a checkpoint directory (either layout); `config` overrides the stored one."""
+    model, report = build_model(config or read_config(directory), directory, **kwargs)
+    return model, report
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """The weights folder behind `path`: a previous training run's `final/`, a diffusers Wan pipeline's
+    `transformer/`, or `path` itself (a native Wan folder, an exported HarmoView model, a .safetensors file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"initial weights not found: {path} (set --init to a Wan or HarmoView folder)")
+    for sub in ("final", "transformer"):
+        if (path / sub).is_dir():
+            return path / sub
+    return path

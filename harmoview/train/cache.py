@@ -1,0 +1,188 @@
+"""`harmoview cache`: encode samples once (VAE latents, umT5 features, ViT features) and train from that.
+
+The frozen encoders cost more than the DiT at small scale and repeat the same work every epoch, so
+the cache stores what they make of each sample, next to nothing else:
+
+    <cache>/<key>/cache.json                      encoder fingerprint, bucket settings, text_len
+    <cache>/<key>/<sample_id[4:6]>/<sample_id>.safetensors
+        latents (C, f, h, w)  text (L, D) trimmed at the caption's length  ref_latents (N, S, C, h', w')
+        ref_present (N, S)    vit (N, T, Dv) frontal features (when a ViT is loaded)
+        metadata: identity_ids (JSON list, the order of the rows above)
+
+`<key>` is a fingerprint of the encoders and every data setting that changes an encoding (frame
+counts, resolutions, fps, reference size), so a cache made for other encoders or buckets is never read
+by mistake. Each sample file holds every view of every identity with a reference (up to 16); a
+training stage takes the views and identities it wants. Files are written to a temporary name and
+renamed, so a killed run leaves no torn file and continues where it stopped; with torchrun each rank
+encodes every world_size-th sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from harmoview.data.dataset import DataConfig, SampleIndex, SampleReader, TrainDataset, collate
+from harmoview.model.config import VIEW_SLOTS
+from harmoview.model.encoders import Encoders
+from harmoview.train.inputs import EncodedBatch, encode_batch
+
+CACHE_VERSION = "harmoview-cache-1"
+# Every identity with a reference, not just the 3 a stage-4 sample uses: a stage that loads fewer views
+# may pick other identities than "the first 3 with any view", and they must be in the cache too.
+CACHE_MAX_IDENTITIES = 16
+
+
+def cache_key(encoders: Encoders, data: DataConfig) -> str:
+    """Fingerprint of everything that changes a sample's encodings."""
+    settings = {
+        "version": CACHE_VERSION, "encoders": encoders.fingerprint(), "frame_counts": list(data.frame_counts),
+        "resolutions": [list(r) for r in data.resolutions], "fps": data.fps, "ref_size": list(data.ref_size),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_data_config(data: DataConfig) -> DataConfig:
+    """The data config a cache is built with: the stage's buckets, every view, every identity with a reference."""
+    return replace(data, views=VIEW_SLOTS, require_views=(), max_identities=CACHE_MAX_IDENTITIES)
+
+
+def sample_file(folder: Path, sample_id: str) -> Path:
+    return folder / sample_id[4:6] / f"{sample_id}.safetensors"
+
+
+@dataclass
+class CacheSummary:
+    folder: Path
+    written: int = 0
+    present: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def format(self) -> str:
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return f"cache {self.folder}: {self.written} samples encoded, {self.present} already there; skipped: {skipped}"
+
+
+def build_cache(
+    manifests: list[Path], out: Path, encoders: Encoders, data: DataConfig, *,
+    video_roots: list[Path] | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
+) -> CacheSummary:  # fmt: skip
+    """Encode this rank's share of the usable samples into `out/<key>/` (skipping those already there)."""
+    data = cache_data_config(data)
+    folder = Path(out) / cache_key(encoders, data)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = SampleIndex.open(manifests, data, video_roots)
+    (folder / "cache.json").write_text(json.dumps(_manifest(encoders, data), indent=2))
+    reader, summary = SampleReader(data), CacheSummary(folder)
+    mine = index.entries[rank::world_size]
+    for entry in tqdm(mine, desc="encoding", disable=not progress):
+        path = sample_file(folder, entry.sample_id)
+        if path.exists():
+            summary.present += 1
+            continue
+        try:
+            sample = reader.load(entry)
+        except Exception as exc:  # an unreadable sample is counted, never fatal
+            summary.skipped[getattr(exc, "reason", "read_error")] += 1
+            tqdm.write(f"skipped {entry.sample_id}: {exc}")
+            continue
+        batch = collate([sample], entry.bucket, data.ref_size) | {"sample_ids": [entry.sample_id]}
+        enc = encode_batch(batch, encoders, with_refs=True, with_vit=encoders.vit is not None)
+        _write(path, enc, entry.identity_ids)
+        summary.written += 1
+    return summary
+
+
+def _manifest(encoders: Encoders, data: DataConfig) -> dict:
+    return {
+        "version": CACHE_VERSION, "encoders": encoders.fingerprint(), "text_len": encoders.text_len,
+        "frame_counts": list(data.frame_counts), "resolutions": [list(r) for r in data.resolutions],
+        "fps": data.fps, "ref_size": list(data.ref_size),
+    }  # fmt: skip
+
+
+def _write(path: Path, enc: EncodedBatch, identity_ids: tuple[str, ...]) -> None:
+    """One sample's encodings, atomically (temporary file + rename)."""
+    text = enc.text[0]  # (Lt, D): keep rows up to the caption's last non-zero one
+    nonzero = text.abs().sum(-1).nonzero()
+    length = int(nonzero[-1]) + 1 if len(nonzero) else 0
+    tensors = {
+        "latents": enc.latents[0], "text": text[:length], "ref_latents": enc.ref_latents[0],
+        "ref_present": enc.ref_present[0].to(torch.uint8),
+    }  # fmt: skip
+    if enc.vit is not None:
+        tensors["vit"] = enc.vit[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"identity_ids": json.dumps(list(identity_ids))})  # fmt: skip
+    os.replace(tmp, path)
+
+
+def find_cache(root: Path, encoders: Encoders, data: DataConfig, index: SampleIndex) -> tuple[Path | None, str]:
+    """The cache folder matching these encoders and buckets that holds every usable sample, and why not."""
+    folder = Path(root) / cache_key(encoders, cache_data_config(data))
+    if not folder.is_dir():
+        return None, f"no cache for these encoders and buckets under {root} (key {folder.name}): encoding on the fly"
+    missing = sum(not sample_file(folder, e.sample_id).exists() for e in index.entries)
+    if missing:
+        return None, f"cache {folder} lacks {missing} of {len(index)} samples (run harmoview cache): encoding now"
+    return folder, f"reading encodings from {folder}"
+
+
+class CachedDataset(TrainDataset):
+    """`TrainDataset` whose batches are read from a cache folder (same stream, positions and sharding)."""
+
+    def __init__(self, index: SampleIndex, folder: Path, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(index, rank, world_size)
+        self.folder = folder
+        self.text_len = json.loads((folder / "cache.json").read_text())["text_len"]
+
+    def _load(self, reader: SampleReader, position: int, epoch: int, batch: list[int]) -> dict:
+        parts, skipped = [], []
+        for i in batch:
+            entry = self.index.entries[i]
+            try:
+                parts.append(self._read(entry))
+            except Exception as exc:  # a damaged cache file is a skipped sample, like an unreadable video
+                skipped.append((entry.sample_id, "bad_cache_file", repr(exc)))
+        meta = {"position": position, "epoch": epoch, "skipped": skipped, "sample_ids": [p[0] for p in parts]}
+        if not parts:
+            return meta
+        return meta | {"encoded": _stack(parts)}
+
+    def _read(self, entry) -> tuple:
+        """(sample_id, latents, text, ref_latents, present, vit) of one sample, in the stage's views/identities."""
+        with safe_open(str(sample_file(self.folder, entry.sample_id)), framework="pt") as f:
+            cached_ids = json.loads(f.metadata()["identity_ids"])
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        rows = [cached_ids.index(i) for i in entry.identity_ids]  # the stage's identities, its order
+        present = t["ref_present"][rows].bool() & torch.from_numpy(entry.present)  # (N, S): the stage's views
+        text = torch.zeros(self.text_len, t["text"].shape[-1])  # (Lt, D): zero padding as the encoder gives
+        text[: t["text"].shape[0]] = t["text"]
+        vit = t["vit"][rows] if "vit" in t else None
+        return entry.sample_id, t["latents"], text, t["ref_latents"][rows], present, vit
+
+
+def _stack(parts: list[tuple]) -> EncodedBatch:
+    """Stack cached samples; identities are padded to the batch's largest count (all views absent)."""
+    num_ids = max(p[4].shape[0] for p in parts)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(num_ids - t.shape[0], *t.shape[1:])]) if t.shape[0] < num_ids else t
+
+    vit = torch.stack([pad(p[5]) for p in parts]) if parts[0][5] is not None else None
+    return EncodedBatch(
+        sample_ids=[p[0] for p in parts], latents=torch.stack([p[1] for p in parts]),
+        text=torch.stack([p[2] for p in parts]), ref_latents=torch.stack([pad(p[3]) for p in parts]),
+        ref_present=torch.stack([pad(p[4]) for p in parts]), vit=vit,
+    )  # fmt: skip

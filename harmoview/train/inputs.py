@@ -1,0 +1,126 @@
+"""From a data batch to the model's inputs: encoding (or cached encodings), dropout, noise.
+
+A batch from `harmoview.data.dataset.TrainDataset` holds pixels; a batch from `harmoview.train.cache` holds what the
+frozen encoders made of them (`EncodedBatch`). Both end up as the same `EncodedBatch`, so training
+reads the cache or encodes on the fly through one code path. Randomness (sigma, noise, dropout) comes
+from one generator per sample seeded by (seed, step, micro-batch, sample_id): a resumed run, another
+world size or another batch layout draws the same numbers for the same sample at the same step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from harmoview.data.video_io import to_unit_range
+from harmoview.flow import add_noise, sample_sigma, timesteps, velocity_target
+from harmoview.model.config import FRONTAL_SLOT
+from harmoview.model.encoders import Encoders
+from harmoview.model.references import References
+from harmoview.train.dropout import ViewDropout
+
+
+@dataclass
+class EncodedBatch:
+    """Encoder outputs of a batch (what `harmoview cache` stores per sample)."""
+
+    sample_ids: list[str]
+    latents: torch.Tensor
+    """(B, C, f, h, w) normalised VAE latents of the target clips."""
+    text: torch.Tensor
+    """(B, Lt, Dt) umT5 features of the captions (zero past each caption's length)."""
+    ref_present: torch.Tensor
+    """(B, N, S) bool: reference views that exist."""
+    ref_latents: torch.Tensor | None = None
+    """(B, N, S, C, h', w') latents of the reference crops (zeros where absent); None = not encoded."""
+    vit: torch.Tensor | None = None
+    """(B, N, T, Dv) ViT features of each identity's frontal crop (zeros without one); None = not encoded."""
+
+    def to(self, device: torch.device) -> EncodedBatch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return EncodedBatch(
+            self.sample_ids, move(self.latents), move(self.text), move(self.ref_present),
+            move(self.ref_latents), move(self.vit),
+        )  # fmt: skip
+
+
+@dataclass
+class TrainInputs:
+    """One micro-batch ready for `model(noisy, t, text, references, vit_features)` and the loss target."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    text: torch.Tensor
+    references: References | None
+    vit_features: torch.Tensor | None
+    target: torch.Tensor
+    num_text_dropped: int
+
+
+def seed_for(*parts: object) -> int:
+    """A 63-bit seed from any values (stable across processes, unlike Python's hash())."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(*parts: object) -> torch.Generator:
+    return torch.Generator().manual_seed(seed_for(*parts))
+
+
+@torch.no_grad()
+def encode_batch(batch: dict, encoders: Encoders, *, with_refs: bool, with_vit: bool) -> EncodedBatch:
+    """Encode a pixel batch of `TrainDataset` on the encoders' device."""
+    device = encoders.device
+    video = batch["video"].to(device)  # (B, 3, F, H, W) uint8 from the loader, or float in [-1, 1]
+    video = to_unit_range(video) if video.dtype == torch.uint8 else video
+    latents = encoders.encode_video(video)  # (B, C, f, h, w)
+    text = encoders.encode_text(batch["captions"])  # (B, Lt, Dt)
+    present = batch["ref_present"].to(device)  # (B, N, S)
+    ref_latents = vit = None
+    if with_refs:
+        pixels = batch["ref_pixels"].to(device)  # (B, N, S, 3, h, w)
+        codes = encoders.encode_images(pixels[present])  # (M, C, h', w'): present views only
+        ref_latents = codes.new_zeros(*present.shape, *codes.shape[1:])  # (B, N, S, C, h', w')
+        ref_latents[present] = codes
+    if with_vit:
+        frontal_ok = present[:, :, FRONTAL_SLOT]  # (B, N)
+        frontal = batch["ref_pixels"][:, :, FRONTAL_SLOT].to(device)  # (B, N, 3, h, w)
+        feats = encoders.encode_vit(frontal[frontal_ok]) if frontal_ok.any() else None  # (M, T, Dv)
+        shape = (*frontal_ok.shape, *encoders.vit_feature_shape)
+        vit = torch.zeros(shape, device=device, dtype=latents.dtype)  # (B, N, T, Dv)
+        if feats is not None:
+            vit[frontal_ok] = feats.to(vit.dtype)
+    return EncodedBatch(list(batch["sample_ids"]), latents, text, present, ref_latents, vit)
+
+
+def make_inputs(
+    enc: EncodedBatch, *, empty_text: torch.Tensor, dropout: ViewDropout, refs_on: bool, mfi_on: bool,
+    shift: float, sigma_range: tuple[float, float], seed: int, step: int, micro: int,
+) -> TrainInputs:  # fmt: skip
+    """Noise the latents and apply dropout; `empty_text` (Lt, Dt) are the features of the empty prompt."""
+    sigmas, noises, texts, kept, num_dropped = [], [], [], [], 0
+    for i, sample_id in enumerate(enc.sample_ids):
+        g = generator(seed, step, micro, sample_id)
+        sigmas.append(sample_sigma(g, shift, sigma_range))
+        noises.append(torch.randn(enc.latents.shape[1:], generator=g))
+        drop_text = dropout.drop_text(g)
+        num_dropped += drop_text
+        texts.append(empty_text if drop_text else enc.text[i])
+        kept.append(dropout.drop_views(enc.ref_present[i].cpu(), g) if refs_on else None)
+    device = enc.latents.device
+    sigma = torch.tensor(sigmas, device=device)  # (B,)
+    noise = torch.stack(noises).to(device, enc.latents.dtype)  # (B, C, f, h, w)
+    references = vit = None
+    if refs_on:
+        if enc.ref_latents is None:
+            raise ValueError("references are on but the batch has no reference latents")
+        references = References(latents=enc.ref_latents, present=torch.stack(kept).to(device))
+        if mfi_on:
+            vit = enc.vit
+    return TrainInputs(
+        noisy=add_noise(enc.latents, noise, sigma), timesteps=timesteps(sigma), text=torch.stack(texts),
+        references=references, vit_features=vit, target=velocity_target(enc.latents, noise),
+        num_text_dropped=num_dropped,
+    )  # fmt: skip

@@ -1,0 +1,140 @@
+"""The model a training stage starts from, and which of it trains.
+
+`prepare_model` builds the initial weights (a Wan checkpoint, a previous stage's export, or a preset's
+random weights), adds LoRA adapters when asked, freezes what the stage does not train, and applies
+activation checkpointing and FSDP2 - functions applied to the unchanged model, never a patched forward.
+
+Under torchrun only rank 0 reads the checkpoint: the other ranks build the model on the meta device,
+every rank shards it, and rank 0's weights are broadcast into the shards. A 14B model then exists once
+per node in host memory, not once per GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from harmoview.model.config import DiTConfig, get_config
+from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
+from harmoview.model.encoders import Encoders
+from harmoview.model.weights import build_model, read_config, resolve_model_dir
+from harmoview.train.parallel import Distributed, apply_activation_checkpointing, apply_fsdp
+
+# Backbone linears that LoRA adapts (Wan's attention projections and FFN); the HarmoView modules
+# train fully instead, they start from scratch.
+LORA_TARGETS = r".*blocks\.\d+\.(self_attn|cross_attn)\.(q|k|v|o)|.*blocks\.\d+\.ffn\.(0|2)"
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float) -> None:
+    """Inject peft LoRA adapters into the backbone linears (in place, the model keeps its class)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=LORA_TARGETS), model)
+
+
+def merge_lora(state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
+    """A full state dict with LoRA folded in: W = W0 + (alpha / rank) * B @ A, under the plain names.
+
+    Works on a gathered (unsharded) state dict, so it serves FSDP runs as well as single processes.
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        if ".base_layer." in key:
+            prefix, param = key.split(".base_layer.")
+            if param == "weight" and f"{prefix}.lora_A.default.weight" in state:
+                a = state[f"{prefix}.lora_A.default.weight"].float()  # (r, in)
+                b = state[f"{prefix}.lora_B.default.weight"].float()  # (out, r)
+                value = (value.float() + (alpha / rank) * (b @ a)).to(value.dtype)
+            key = f"{prefix}.{param}"
+        merged[key] = value
+    return merged
+
+
+def set_trainable(model: nn.Module, trainable: str) -> list[str]:
+    """Freeze or unfreeze parameters for 'harmoview', 'all' or 'lora'; returns the trainable names."""
+    names = []
+    for name, p in model.named_parameters():
+        if trainable == "all":
+            train = True
+        elif trainable == "lora":
+            train = "lora_" in name or is_harmoview_param(name)
+        else:
+            train = is_harmoview_param(name)
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    if not names:
+        raise ValueError(f"trainable={trainable!r} leaves nothing to train (does the model have HarmoView modules?)")
+    return names
+
+
+def initial_config(init: Path | None, preset: str | None, encoders: Encoders) -> tuple[DiTConfig, Path | None]:
+    """The config of the model a stage starts from, and the weights folder (None = random weights).
+
+    A Wan checkpoint has no HarmoView settings: its MFI is sized to the ViT given (or switched off
+    without one). The encoders must agree with the model (latent channels, text width, ViT width).
+    """
+    if init is None:
+        if preset is None:
+            raise ValueError("no initial weights: set --init WAN_OR_STAGE_DIR (or --preset NAME for random weights)")
+        config, directory = get_config(preset), None
+    else:
+        directory = resolve_model_dir(init)
+        config = read_config(directory if directory.is_dir() else directory.parent)
+        if not (directory / "harmoview.json").exists():
+            vit = encoders.has_vit
+            sizes = {"vit_dim": encoders.vit_dim, "vit_num_levels": encoders.vit_num_levels} if vit else {}
+            config = config.replace(use_mfi=vit, **sizes)
+    encoders.check_model(config)
+    return config, directory
+
+
+def load_initial_model(init: Path | None, preset: str | None, encoders: Encoders) -> HarmoViewDiT:
+    """The full initial model on the CPU: loaded weights, new HarmoView modules initialised."""
+    config, directory = initial_config(init, preset, encoders)
+    model, report = build_model(config, directory)
+    if report is not None and report.new:
+        tqdm.write(f"initialised {len(report.new)} new HarmoView tensors (not in {directory})")
+    return model
+
+
+def prepare_model(
+    init: Path | None, preset: str | None, encoders: Encoders, dist: Distributed, *, trainable: str,
+    lora_rank: int, lora_alpha: float, activation_checkpointing: bool, bf16: bool,
+) -> HarmoViewDiT:  # fmt: skip
+    """The stage's model on `dist.device`: initial weights, LoRA, frozen parts, checkpointing, FSDP2."""
+    if not dist.enabled:
+        model = load_initial_model(init, preset, encoders)
+        _adapt(model, trainable, lora_rank, lora_alpha, activation_checkpointing)
+        return model.to(dist.device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full_state: dict[str, torch.Tensor] = {}
+    if dist.is_main:  # the only rank that reads the checkpoint
+        source = load_initial_model(init, preset, encoders)
+        if trainable == "lora":
+            add_lora(source, lora_rank, lora_alpha)  # rank 0's adapter init is the one every rank gets
+        full_state = source.state_dict()
+        del source
+    config, _ = initial_config(init, preset, encoders)
+    with torch.device("meta"):
+        model = HarmoViewDiT(config)
+        _adapt(model, trainable, lora_rank, lora_alpha, activation_checkpointing)
+    apply_fsdp(model, bf16=bf16, device=dist.device)
+    model.to_empty(device=dist.device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full_state, options=options)
+    return model
+
+
+def _adapt(model: nn.Module, trainable: str, lora_rank: int, lora_alpha: float, checkpointing: bool) -> None:
+    if trainable == "lora":
+        add_lora(model, lora_rank, lora_alpha)
+    set_trainable(model, trainable)
+    if checkpointing:
+        apply_activation_checkpointing(model)
