@@ -45,41 +45,39 @@ import json, os, resource, sys, time
 t0 = time.perf_counter()
 import ray
 from datakit import BuildConfig
-from pipelines import build as b
+import importlib
+import pipelines.video_pool as pool
+b = importlib.import_module("pipelines.build")  # the module: `pipelines.build` is also the function
 from pipelines.ray_runtime import init_ray
 cfg = BuildConfig(src=sys.argv[1], out=sys.argv[2], models_dir=sys.argv[3], workers=int(sys.argv[4]))
 log_dir = sys.argv[5]
 t_ray = time.perf_counter(); init_ray(cfg); t_ray = time.perf_counter() - t_ray
-orig = b._run_videos
+orig = b.run_videos
 stage = {}
 def timed(*a, **k):
     t = time.perf_counter(); out = orig(*a, **k); stage["wall"] = time.perf_counter() - t; return out
-b._run_videos = timed
-orig_class = b._worker_class
-def worker_class(cfg):
-    base = orig_class(cfg)
-    # defined here (in __main__), so Ray ships it by value to the actors: actor-side timings and memory
-    class Timed(base):
-        def __init__(self):
-            t = time.perf_counter(); super().__init__(); init_s = time.perf_counter() - t
-            self._log = open(os.path.join(log_dir, f"{os.getpid()}.jsonl"), "a")
-            self._log.write(json.dumps({"pid": os.getpid(), "init_s": init_s}) + chr(10)); self._log.flush()
-        def process(self, src):
-            t = time.perf_counter(); out = super().process(src); self._proc = (time.perf_counter() - t, out.num_frames)
-            return out
-        def process_segment(self, src, seg_no):  # one segment of a long video (datakit.video.segments)
-            t = time.perf_counter(); out = super().process_segment(src, seg_no)
-            self._proc = (time.perf_counter() - t, out.num_frames)
-            return out
-        def __call__(self, batch):
-            t = time.perf_counter(); out = super().__call__(batch); call_s = time.perf_counter() - t
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            self._log.write(json.dumps({"pid": os.getpid(), "call_s": call_s, "process_s": self._proc[0],
-                "num_frames": self._proc[1], "rss_mb": rss}) + chr(10)); self._log.flush()
-            return out
-    Timed.__name__ = Timed.__qualname__ = "VideoWorker"
-    return Timed
-b._worker_class = worker_class
+b.run_videos = timed
+# defined here (in __main__), so Ray ships it by value to the actors: actor-side timings and memory
+class Timed(pool.VideoWorker):
+    def __init__(self):
+        t = time.perf_counter(); super().__init__(); init_s = time.perf_counter() - t
+        self._log = open(os.path.join(log_dir, f"{os.getpid()}.jsonl"), "a")
+        self._log.write(json.dumps({"pid": os.getpid(), "init_s": init_s}) + chr(10)); self._log.flush()
+    def process(self, src):
+        t = time.perf_counter(); out = super().process(src); self._proc = (time.perf_counter() - t, out.num_frames)
+        return out
+    def process_segment(self, src, seg_no):  # one segment of a long video (datakit.video.segments)
+        t = time.perf_counter(); out = super().process_segment(src, seg_no)
+        self._proc = (time.perf_counter() - t, out.num_frames)
+        return out
+    def __call__(self, batch):
+        t = time.perf_counter(); out = super().__call__(batch); call_s = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self._log.write(json.dumps({"pid": os.getpid(), "call_s": call_s, "process_s": self._proc[0],
+            "num_frames": self._proc[1], "rss_mb": rss}) + chr(10)); self._log.flush()
+        return out
+Timed.__name__ = Timed.__qualname__ = "VideoWorker"
+pool.VideoWorker = Timed  # the class of the per-video stage's actors
 s = b.build(cfg, progress=False)
 print(json.dumps({"summary": s.to_dict(), "ray_init_s": t_ray, "video_stage_wall_s": stage["wall"],
                   "total_s": time.perf_counter() - t0}))

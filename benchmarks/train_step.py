@@ -157,31 +157,65 @@ def forward_flops(config, video_tokens: int, ref_tokens: int, text_tokens: int, 
     return config.num_layers * (2 * L * (6 * D * D + 2 * D * F) + 4 * D * D * (Lt + Li) + 4 * L * D * (L + Lt + Li))
 
 
-def synthetic(args: argparse.Namespace) -> None:
-    device, main_rank = torch.device(args.device), os.environ.get("RANK", "0") == "0"
+def _synthetic_device(args: argparse.Namespace) -> torch.device:
+    """The device of this process; with --fsdp outside torchrun, a process group of one."""
+    device = torch.device(args.device)
     if args.fsdp and not torch.distributed.is_initialized():  # without torchrun: a group of one process
         for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "RANK": "0", "WORLD_SIZE": "1"}.items():
             os.environ.setdefault(key, value)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    cuda = device.type == "cuda"
-    if cuda:
+    if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    config, b, n = get_config(args.preset), args.batch_size, args.identities
-    f, h, w = args.latent or ((21, 60, 104) if cuda else (5, 16, 16))
+    return device
+
+
+def _random_inputs(config, args: argparse.Namespace, device: torch.device, latent: tuple[int, int, int]):
+    """(model inputs, velocity target) of random data: B samples, N identities with every view slot."""
+    b, n = args.batch_size, args.identities
     g = torch.Generator(device).manual_seed(0)
     rand = partial(torch.randn, generator=g, device=device)
-    video, target = rand(b, config.in_channels, f, h, w), rand(b, config.in_channels, f, h, w)  # (B, C, f, h, w)
+    video, target = rand(b, config.in_channels, *latent), rand(b, config.in_channels, *latent)  # (B, C, f, h, w)
     text = rand(b, args.text_len, config.text_dim)  # (B, Lt, Dt)
-    present = torch.ones(b, n, len(VIEW_SLOTS), dtype=torch.bool, device=device)
+    present = torch.ones(b, n, len(VIEW_SLOTS), dtype=torch.bool, device=device)  # (B, N, S)
     refs = References(rand(b, n, len(VIEW_SLOTS), config.in_channels, *config.ref_latent_hw), present) if n else None
     vit = rand(b, n, args.vit_tokens, config.vit_dim * config.vit_num_levels) if n and config.use_mfi else None
-    t = torch.full((b,), 700.0, device=device)
+    t = torch.full((b,), 700.0, device=device)  # (B,)
+    return (video, t, text, refs, vit), target
+
+
+def _median_step_s(model, inputs: tuple, target: torch.Tensor, args: argparse.Namespace) -> float:
+    """Median time of forward + backward + AdamW after --warmup steps; peak memory counts the timed steps."""
+    cuda, bf16 = inputs[0].device.type == "cuda", args.dtype == "bf16"
+    optimizer, times = build_optimizer(model, 1e-5, 0.0, (0.9, 0.999)), []
+    for i in range(args.warmup + args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+            if i == args.warmup:
+                torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16, enabled=bf16):
+            prediction = model(*inputs)  # (B, C, f, h, w)
+        flow_loss(prediction, target).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[args.warmup :])[args.steps // 2]
+
+
+def synthetic(args: argparse.Namespace) -> None:
+    """The DiT training step alone on random inputs, without and with activation checkpointing."""
+    device, main_rank = _synthetic_device(args), os.environ.get("RANK", "0") == "0"
+    cuda = device.type == "cuda"
+    config, b, n = get_config(args.preset), args.batch_size, args.identities
+    f, h, w = args.latent or ((21, 60, 104) if cuda else (5, 16, 16))
+    inputs, target = _random_inputs(config, args, device, (f, h, w))
     video_tokens = (f // config.patch_size[0]) * (h // config.patch_size[1]) * (w // config.patch_size[2])
     ref_tokens = n * len(VIEW_SLOTS) * config.tokens_per_view + (config.num_sink_tokens if n else 0)
-    image_tokens = 1 + n * args.vit_tokens if vit is not None else 0
+    image_tokens = 1 + n * args.vit_tokens if inputs[4] is not None else 0
     flops = 3 * b * forward_flops(config, video_tokens, ref_tokens, args.text_len, image_tokens)
-    bf16 = args.dtype == "bf16"
     if main_rank:
         print(
             f"preset {args.preset}, latents {b}x{config.in_channels}x{f}x{h}x{w}: {video_tokens} video + {ref_tokens} "
@@ -194,24 +228,10 @@ def synthetic(args: argparse.Namespace) -> None:
         if checkpointing:
             apply_activation_checkpointing(model)
         if args.fsdp:
-            apply_fsdp(model, bf16=bf16, device=device)
-        optimizer, times, row = build_optimizer(model, 1e-5, 0.0, (0.9, 0.999)), [], "on" if checkpointing else "off"
+            apply_fsdp(model, bf16=args.dtype == "bf16", device=device)
+        row = "on" if checkpointing else "off"
         try:
-            for i in range(args.warmup + args.steps):
-                if cuda:
-                    torch.cuda.synchronize()
-                    if i == args.warmup:
-                        torch.cuda.reset_peak_memory_stats()
-                start = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    prediction = model(video, t, text, refs, vit)  # (B, C, f, h, w)
-                flow_loss(prediction, target).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if cuda:
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            step_s = sorted(times[args.warmup :])[args.steps // 2]
+            step_s = _median_step_s(model, inputs, target, args)
             mfu = f"{100 * flops / step_s / (args.peak_tflops * 1e12):.1f}%" if cuda else "n/a (CPU)"
             peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if cuda else "n/a (CPU)"
             row += f" | {step_s:.3f} | {b * video_tokens / step_s:,.0f} | {mfu} | {peak} |"
@@ -219,7 +239,7 @@ def synthetic(args: argparse.Namespace) -> None:
             row += " | out of memory | | | |"
         if main_rank:
             print(f"| {row}", flush=True)
-        del model, optimizer
+        del model
         if cuda:
             torch.cuda.empty_cache()
 

@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from datakit.store import RunDir
 from datakit.views import ViewBins
 
 
@@ -34,7 +35,7 @@ class BuildConfig:
     max_clip_s: float = 10.0  #: longer shots are split into clips of at most this length
     track_iou: float = 0.3  #: box IoU (with the last or the predicted box) that is enough to continue a track
     track_max_gap_s: float = 1.0  #: a track ends after this long without a matching face
-    # --- tracking continuity (datakit/tracking.py) ---
+    # --- tracking continuity (datakit/video/tracking.py) ---
     #: detections scoring between this and det_threshold may extend a live track, never start one (else they
     #: are dropped); None = the detector's own low threshold (YuNet 0.5, dlib HOG 0.4, SCRFD 0.3)
     track_low_score: float | None = None
@@ -52,7 +53,7 @@ class BuildConfig:
     embed_per_track: int = 4  #: faces embedded per track (the best by quality); embedding dominates cost
     crops_per_track_view: int = 2  #: candidate reference crops kept per track and view bin
     references_per_view: int = 4  #: reference faces kept per identity and view bin
-    # --- reference crops and diversity (datakit/references.py) ---
+    # --- reference crops and diversity (datakit/passes/references.py) ---
     #: long side (px) of a reference crop (head box grown 1.6x); smaller when the source is smaller (never upscaled)
     crop_max_side: int = 512
     #: a track's candidate crops in one view bin are at least this far apart in time (the best crop, then the
@@ -60,10 +61,10 @@ class BuildConfig:
     #: median ~2 s apart on the shipped footage
     crop_min_gap_s: float = 2.0
     #: two crops of one (identity, view) whose 32x32 gray thumbnails correlate at least this much (normalised
-    #: cross-correlation) are near-duplicates and give one reference; see datakit/references.py for the numbers
+    #: cross-correlation) are near-duplicates and give one reference; see datakit/passes/references.py for the numbers
     near_duplicate_ncc: float = 0.80
     # --- end reference crops and diversity ---
-    # --- track gates (datakit/gates.py): applied in the global pass, so changing one re-runs no model ---
+    # --- track gates (datakit/passes/gates.py): applied in the global pass, so changing one re-runs no model ---
     #: a track's best detector score must reach this; None = the detector's own ``confident_score``
     gate_min_det_score: float | None = None
     gate_min_face_px: float = 40.0  #: a track's median face size (px) must reach this
@@ -71,8 +72,8 @@ class BuildConfig:
     gate_min_sharpness: float = 10.0
     gate_min_landmark_ok: float = 0.5  #: least share of a track's faces with a face-like landmark layout
     # --- end track gates ---
-    # --- clip filters (datakit/filters.py) ---
-    # Thresholds over the clip quality scores (datakit/clip_quality.py), applied in the global pass: a failed
+    # --- clip filters (datakit/clips/filters.py) ---
+    # Thresholds over the clip quality scores (datakit/video/quality.py), applied in the global pass: a failed
     # clip keeps its drop_reason and makes no sample; changing one re-runs no model (`datakit filter`).
     # None = off. Defaults drop only clearly unusable clips; numbers measured on the shipped footage.
     #: clips shorter than this (s) are dropped (too_short): under two sampled frames at 3 fps, no motion
@@ -102,7 +103,7 @@ class BuildConfig:
     filter_min_aesthetic: float | None = None  #: low_aesthetic; off: the scale depends on the configured head
     filter_min_clip_score: float | None = None  #: low_clip_score; off: the scale depends on the open_clip model
     #: local open_clip folder (open_clip_config.json + open_clip_model.safetensors) for clip_score and the
-    #: aesthetic head's image embeddings (datakit.video.quality.ClipScorer); None = those scores stay null
+    #: aesthetic head's image embeddings (datakit.clips.open_clip.ClipScorer); None = those scores stay null
     clip_model_dir: Path | None = None
     #: local .pth/.safetensors aesthetic head over the CLIP image embedding (LAION aesthetic predictor layout)
     aesthetic_head: Path | None = None
@@ -110,14 +111,14 @@ class BuildConfig:
     same_person_cosine: float | None = None  #: identity threshold; None = the embedder's calibrated value
     min_sample_s: float = 0.0  #: clips shorter than this make no training sample
     view_bins: ViewBins = field(default_factory=ViewBins)
-    # --- captions (datakit/captions) ---
+    # --- captions (datakit/clips/captions) ---
     #: caption backend: none (no captions) | qwen2.5-vl (local checkpoint) | openai (chat-completions server)
     captioner: str = "none"
     caption_model_dir: Path | None = None  #: qwen2.5-vl: local Qwen2-VL/2.5-VL/3-VL checkpoint folder (offline)
     caption_base_url: str | None = None  #: openai: server base URL, e.g. http://host:8000/v1 (vLLM)
     caption_api_model: str | None = None  #: openai: the served model name (recorded as caption_model)
     caption_api_key_env: str = "OPENAI_API_KEY"  #: openai: environment variable holding the API key, if any
-    caption_prompt_version: str = "v1"  #: prompt template (datakit/captions/prompts.py), recorded per caption
+    caption_prompt_version: str = "v1"  #: prompt template (datakit/clips/captions/prompts.py), recorded per caption
     caption_frames: int = 8  #: frames sampled evenly from each clip
     caption_max_pixels: int = 448 * 448  #: pixel budget per frame (width * height); frames are shrunk to it
     caption_max_new_tokens: int = 256  #: longest caption, in tokens (greedy decoding)
@@ -130,7 +131,7 @@ class BuildConfig:
     # --- long videos (intra-video parallelism) ---
     #: a video longer than this (s, from the probe) is split: a cheap first pass finds its shots, then segments
     #: of whole shots run as separate work items on every worker, with the ids of an unsplit run
-    #: (datakit/segments.py); None or 0 = never split (one video, one work item)
+    #: (datakit/video/segments.py); None or 0 = never split (one video, one work item)
     segment_min_s: float | None = 180.0
     #: target length (s) of a segment of a long video; a shot longer than this is a segment of its own
     segment_s: float = 60.0
@@ -163,27 +164,30 @@ class BuildConfig:
         path = Path(path)
         text = path.read_text()
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - _field_names(cls)
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(_field_names(cls))}")
+        return cls._from_values(data, overrides)
+
+    @classmethod
+    def from_run(cls, root: str | Path, **overrides: object) -> BuildConfig:
+        """The config a finished or interrupted run was built with (its ``run.json``), ``overrides``
+        (non-None) applied; ``out`` is the run folder. Fields unknown to this version are ignored.
+
+        Raises :class:`datakit.store.NotARunError` when ``root`` is not a run."""
+        recorded = RunDir.open(root).record().get("config", {})
+        data = {k: v for k, v in recorded.items() if k in _field_names(cls)}
+        return cls._from_values(data, {**overrides, "out": Path(root), "overwrite": False})
+
+    @classmethod
+    def _from_values(cls, data: dict, overrides: dict) -> BuildConfig:
+        """A config from JSON-like field values (``view_bins`` as a dict) with the non-None ``overrides``."""
+        data = dict(data)
         if isinstance(data.get("view_bins"), dict):
             data["view_bins"] = ViewBins(**data["view_bins"])
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 
-    @classmethod
-    def from_run(cls, root: str | Path, **overrides: object) -> BuildConfig:
-        """The config a finished or interrupted run was built with (its ``run.json``), ``overrides``
-        (non-None) applied; ``out`` is the run folder. Fields unknown to this version are ignored."""
-        record = Path(root) / "run.json"
-        if not record.exists():
-            raise FileNotFoundError(f"{root}: no run.json (not a datakit run folder; run `datakit build` first)")
-        data = json.loads(record.read_text()).get("config", {})
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        if isinstance(data.get("view_bins"), dict):
-            data["view_bins"] = ViewBins(**data["view_bins"])
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        data.update(out=Path(root), overwrite=False)
-        return cls(**data)
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}

@@ -56,7 +56,7 @@ CLIPS = _with_version(
         pa.field("num_frames", pa.int64(), nullable=False),
         pa.field("num_faces", pa.int32(), nullable=False),
         pa.field("num_tracks", pa.int32(), nullable=False),
-        # Quality scores (datakit.video.quality): per-video measures, and the open_clip ones when configured.
+        # Quality scores: per-video measures (datakit.video.quality), open_clip ones (datakit.clips.scores).
         pa.field("motion_score", pa.float32()),
         pa.field("sharpness", pa.float32()),
         pa.field("brightness", pa.float32()),

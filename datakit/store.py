@@ -2,7 +2,7 @@
 
 Layout (``<out>/``)::
 
-    run.json                    config, face stack, versions, counts, timings
+    run.json                    config, face stack, versions, counts, timings (RunDir.record())
     videos/ faces/ errors/      one Parquet file per video (<video_id>.parquet), written per video
     clips/ tracks/ identities/ reference_views/ samples/   written by the global passes (part-NNNNN.parquet)
     _stage/clips/ _stage/tracks/ _stage/crops/    per-video inputs of the global passes
@@ -15,6 +15,10 @@ Layout (``<out>/``)::
 Every file is written to a temporary name and renamed into place, so a reader (or a resumed run)
 never sees half a file. A video counts as done only when its marker exists; a killed run re-does the
 unmarked videos, overwriting their files under the same names, so no row is lost or duplicated.
+
+:class:`RunDir` is the one reader of a run folder: ``RunDir.open(root)`` checks that the folder is a run
+(else :class:`NotARunError`, one message for every command and library), ``record()`` reads ``run.json``,
+``write_record`` / ``update_record`` replace it atomically, ``dataset`` / ``scan`` read a table's files.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 PER_VIDEO_TABLES = ("videos", "faces", "errors")
@@ -36,6 +41,16 @@ ROWS_PER_PART = 100_000
 # Tables that carry image bytes get small row groups: a trainer reading one sample's crops reads one
 # row group (a few MB), not a whole part of up to 100k rows (GBs of JPEGs).
 ROWS_PER_GROUP = {"samples": 256, "reference_views": 1024}
+RECORD_NAME = "run.json"
+
+
+class NotARunError(FileNotFoundError, ValueError):
+    """A folder that is not a readable datakit run: missing, without ``run.json``, or with a ``run.json``
+    that is not the JSON object ``datakit build`` writes. The message names the folder or the file.
+
+    It is both a ``FileNotFoundError`` and a ``ValueError`` because the readers it replaces raised one
+    or the other, and callers catch either.
+    """
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
@@ -55,18 +70,101 @@ def write_json_atomic(data: dict, path: Path) -> None:
 
 
 class RunDir:
-    """Reads and writes one run's manifests."""
+    """Reads and writes one run's manifests and its ``run.json`` record.
+
+    ``RunDir(root)`` names a folder that may not exist yet (a build creates it); ``RunDir.open(root)`` is
+    for readers of a finished or interrupted run and fails unless the folder holds ``run.json``.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    @classmethod
+    def open(cls, root: str | Path) -> RunDir:
+        """The run in ``root``; raises :class:`NotARunError` unless the folder holds ``run.json``."""
+        run = cls(root)
+        run._require_record()
+        return run
+
+    # -- run.json --------------------------------------------------------------------------------------
+
+    @property
+    def record_path(self) -> Path:
+        """Where the run's record (``run.json``) lives."""
+        return self.root / RECORD_NAME
+
+    def has_record(self) -> bool:
+        """Whether the folder holds a ``run.json`` (a build has started in it)."""
+        return self.record_path.is_file()
+
+    def _require_record(self) -> None:
+        if not self.has_record():
+            raise NotARunError(
+                f"{self.root} is not a datakit run (no {RECORD_NAME}): pass the --out folder of a"
+                " `datakit build`, or run `datakit build` first"
+            )
+
+    def record(self) -> dict:
+        """``run.json`` as a dict (read again on every call: a build or ``datakit filter`` may change it)."""
+        self._require_record()
+        try:
+            record = json.loads(self.record_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise NotARunError(f"{self.record_path} is not a readable datakit run record ({exc})") from exc
+        if not isinstance(record, dict):
+            raise NotARunError(f"{self.record_path} is not a datakit run record (a JSON object)")
+        return record
+
+    def write_record(self, record: dict) -> None:
+        """Replace ``run.json`` atomically (a reader sees the old or the new record, never half of one)."""
+        write_json_atomic(record, self.record_path)
+
+    def update_record(self, **changes: object) -> dict:
+        """Set top-level keys of ``run.json`` (read, change, atomic write); returns the new record."""
+        record = self.record()
+        record.update(changes)
+        self.write_record(record)
+        return record
+
+    # -- tables ----------------------------------------------------------------------------------------
+
+    def files(self, name: str, *, stage: bool = False) -> list[Path]:
+        """The Parquet files of a table (of its per-video stage inputs with ``stage``), sorted by name."""
+        folder = self.root / ("_stage" if stage else "") / name
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def dataset(self, name: str) -> ds.Dataset | None:
+        """A pyarrow dataset over a table's files (for filtered, column-pruned reads); None without files."""
+        files = self.files(name)
+        return ds.dataset([str(p) for p in files], format="parquet") if files else None
+
+    def scan(self, name: str, columns: list[str] | None = None, filter: ds.Expression | None = None) -> pa.Table | None:
+        """The rows of a table matching ``filter``, with those of ``columns`` it has (an older run may lack
+        a newer column); None when the table has no files."""
+        dset = self.dataset(name)
+        if dset is None:
+            return None
+        if columns is not None:
+            columns = [c for c in columns if c in dset.schema.names]
+        return dset.to_table(columns=columns, filter=filter)
+
+    def count_rows(self, name: str) -> int:
+        """How many rows a table holds (0 without files), from the Parquet footers."""
+        dset = self.dataset(name)
+        return dset.count_rows() if dset is not None else 0
+
+    # -- per-video commits -----------------------------------------------------------------------------
+
     def marker(self, video_id: str) -> Path:
+        """The completion marker of a video (or of a segment, by its :meth:`segment_key`)."""
         return self.root / "_done" / f"{video_id}.json"
 
     def segment_key(self, video_id: str, seg_no: int) -> str:
+        """The file stem of a long video's segment: ``<video_id>.sNNNN``."""
         return f"{video_id}.s{seg_no:04d}"
 
     def plan_path(self, video_id: str) -> Path:
+        """Where a long video's first pass (shots, pts map, segments) is kept for resumes."""
         return self.root / "_plan" / f"{video_id}.json"
 
     def done_ids(self) -> set[str]:
@@ -92,6 +190,7 @@ class RunDir:
         write_json_atomic(summary, self.marker(key))
 
     def segment_summary(self, video_id: str, seg_no: int) -> dict:
+        """What a committed segment's marker records."""
         return json.loads(self.marker(self.segment_key(video_id, seg_no)).read_text())
 
     def finish_split_video(self, video_id: str, videos: pa.Table, summary: dict) -> None:
@@ -120,8 +219,7 @@ class RunDir:
 
     def read(self, name: str, schema: pa.Schema | None = None, *, stage: bool = False) -> pa.Table:
         """All files of a table concatenated (empty table with ``schema`` when there are none)."""
-        folder = self.root / ("_stage" if stage else "") / name
-        files = sorted(p for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        files = self.files(name, stage=stage)
         if not files:
             if schema is None:
                 raise FileNotFoundError(f"no {name} table in {self.root}")
@@ -152,7 +250,7 @@ class RunDir:
     def clear(self) -> None:
         """Delete every manifest, marker and record of this run (``--overwrite``)."""
         names = {
-            "run.json",
+            RECORD_NAME,
             "_done",
             "_stage",
             "_attempts",

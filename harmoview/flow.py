@@ -1,4 +1,4 @@
-"""Rectified flow, Wan's training objective: the noise process, the loss target and one sampling step.
+"""Rectified flow, Wan's training objective: the noise process, the loss target and the sigma schedule.
 
 Conventions (Wan2.1/2.2): sigma s in [0, 1] mixes data and noise linearly,
 
@@ -6,12 +6,14 @@ Conventions (Wan2.1/2.2): sigma s in [0, 1] mixes data and noise linearly,
 
 and sees the timestep t = 1000 * s. Training draws s uniformly and shifts it towards the noisy end,
 s' = k * s / (1 + (k - 1) * s) with k = 5 by default, because high-resolution video needs more steps at
-high noise to fix its layout. Sampling walks s from 1 to 0 with Euler steps x <- x + (s_next - s) * v.
+high noise to fix its layout. Sampling walks s from 1 to 0 on `sampling_sigmas` (the steps themselves,
+Euler or UniPC, are in `harmoview.sampling`).
 
 Wan2.2 A14B splits the trajectory between two experts at t = 875: the high-noise expert sees
 t >= 875, the low-noise one t < 875. `expert_sigma_range` gives each expert's slice of [0, 1].
 
-The model never sees this module (DiT convention): trainer and sampler call it around the model.
+The model never sees this module (DiT convention): the trainer and `harmoview.sampling` call it around
+the model.
 """
 
 from __future__ import annotations
@@ -80,8 +82,3 @@ def timesteps(sigma: torch.Tensor) -> torch.Tensor:
 def sampling_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
     """(num_steps + 1,) shifted sigmas from 1 down to 0, the grid of an Euler sampler."""
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift).float()
-
-
-def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """One Euler step of the flow ODE from sigma to sigma_next (< sigma)."""
-    return x + (sigma_next - sigma) * velocity.to(x.dtype)

@@ -1,23 +1,19 @@
-"""Sampling HarmoView: the flow sampler with three-way guidance, and `HarmoViewPipeline` (load once, call many).
+"""`HarmoViewPipeline`: a HarmoView checkpoint and its encoders, loaded once and called many times.
 
-Guidance (InstructPix2Pix-style, two conditions): with v_uncond = no references + negative prompt,
-v_ref = references + negative prompt and v_ref_text = references + prompt,
+    pipe = HarmoViewPipeline.from_pretrained(ckpt, EncoderPaths.from_wan_dir(WAN, vit=VIT))
+    frames = pipe("a man talks", references=[{"frontal": image}])  # (3, F, H, W) in [-1, 1]
+    pipe.save(frames, "out.mp4")  # + out.mp4.json with the settings
 
-    v = v_uncond + s_ref (v_ref - v_uncond) + s_text (v_ref_text - v_ref).
-
-All scales 1 give v_ref_text, and then the extra forwards are skipped. Samplers: Euler on
-`flow.sampling_sigmas` (the trainer's schedule) or diffusers' `UniPCMultistepScheduler` configured for
-flow matching as diffusers' Wan pipeline configures it. Wan2.2 A14B: `low_noise_model` takes over below
-t = 875 (`flow.EXPERT_BOUNDARY`).
+The pipeline encodes the prompt and the reference crops, then calls the sampler (`harmoview.sampling`:
+three-way guidance, Euler or UniPC steps, the Wan2.2 A14B expert switch) and decodes the latents. It loads
+weights through the model layer only; nothing here depends on training code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,132 +23,15 @@ from torch import nn
 from tqdm import tqdm
 
 from harmoview.data.video_io import resize_center_crop, to_unit_range, write_video
-from harmoview.flow import EXPERT_BOUNDARY, NUM_TRAIN_TIMESTEPS, euler_step, sampling_sigmas
+from harmoview.flow import DEFAULT_SHIFT
 from harmoview.model.config import FRONTAL_SLOT, VIEW_SLOTS, DiTConfig
 from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.model.references import References
+from harmoview.model.weights import build_model, initial_config
+from harmoview.sampling import Conditions, Guidance, sample
 
-SAMPLERS = ("euler", "unipc")
 ReferenceImage = torch.Tensor | Image.Image
 """A reference crop: a PIL image or a (3, H, W) tensor in [-1, 1]."""
-
-
-@dataclass(kw_only=True, slots=True)
-class Guidance:
-    """Scales of the three-way classifier-free guidance; 1 and 1 = the plain conditional prediction."""
-
-    ref_scale: float = 1.0
-    """s_ref: pull from no references towards the references (both with the negative prompt)."""
-    text_scale: float = 1.0
-    """s_text: pull from the negative prompt towards the prompt (both with the references)."""
-
-    @property
-    def is_plain(self) -> bool:
-        """Both scales 1: one forward per step, the plain conditional prediction."""
-        return self.ref_scale == 1.0 and self.text_scale == 1.0
-
-
-@dataclass(kw_only=True, slots=True)
-class Conditions:
-    """What the model is conditioned on during one sampling run (computed once per run)."""
-
-    text: torch.Tensor
-    """(1, Lt, Dt) features of the prompt."""
-    negative_text: torch.Tensor
-    """(1, Lt, Dt) features of the negative (or empty) prompt."""
-    references: References | None = None
-    vit_features: torch.Tensor | None = None
-    """(1, N, T, Dv) MFI features of each identity's frontal reference, or None."""
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode for the block; each submodule's own mode is restored afterwards
-    (model.train() would also switch submodules that were deliberately left in eval mode)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """Gaussian noise at sigma 1, drawn on the generator's device and moved: a CPU generator gives the
-    same noise whatever device the model runs on."""
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device)
-
-
-def guided_velocity(model: nn.Module, x: torch.Tensor, t: float, cond: Conditions, guidance: Guidance) -> torch.Tensor:
-    """The three-way guided velocity at (x, t); t is the model's timestep in [0, 1000]."""
-    tt = torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)  # (B,)
-    v_ref_text = model(x, tt, cond.text, cond.references, cond.vit_features).float()  # (B, C, f, h, w)
-    if guidance.is_plain:
-        return v_ref_text
-    v_ref = model(x, tt, cond.negative_text, cond.references, cond.vit_features).float()
-    if cond.references is None and cond.vit_features is None:
-        v_uncond = v_ref  # text-only: "no references" is what v_ref already is
-    elif guidance.ref_scale == 1.0:
-        return v_ref + guidance.text_scale * (v_ref_text - v_ref)
-    else:
-        v_uncond = model(x, tt, cond.negative_text, None, None).float()
-    return v_uncond + guidance.ref_scale * (v_ref - v_uncond) + guidance.text_scale * (v_ref_text - v_ref)
-
-
-def _unipc(num_steps: int, shift: float):
-    """diffusers' UniPC in flow-matching mode, configured as diffusers' Wan pipeline configures it."""
-    from diffusers import UniPCMultistepScheduler
-
-    scheduler = UniPCMultistepScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS, prediction_type="flow_prediction", use_flow_sigmas=True,
-        flow_shift=shift, solver_order=2,
-    )  # fmt: skip
-    scheduler.set_timesteps(num_steps)
-    return scheduler
-
-
-def _model_at(t: float, model: nn.Module, low_noise_model: nn.Module | None) -> nn.Module:
-    """Wan2.2 A14B: the high-noise expert for t >= 875, the low-noise one below."""
-    if low_noise_model is not None and t < EXPERT_BOUNDARY * NUM_TRAIN_TIMESTEPS:
-        return low_noise_model
-    return model
-
-
-@torch.no_grad()
-def sample(
-    model: nn.Module, cond: Conditions, *, shape: tuple[int, ...], num_steps: int, generator: torch.Generator,
-    sampler: str = "euler", shift: float = 5.0, guidance: Guidance | None = None,
-    low_noise_model: nn.Module | None = None, autocast_dtype: torch.dtype | None = None, progress: bool = False,
-) -> torch.Tensor:  # fmt: skip
-    """Noise (sigma 1) -> latents (sigma 0): float32 (B, C, f, h, w). Seeds come from `generator` (CPU)."""
-    if num_steps < 1:
-        raise ValueError(f"steps must be >= 1, got {num_steps}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-    guidance = guidance or Guidance()
-    device = cond.text.device
-    x = initial_noise(tuple(shape), generator, device)  # (B, C, f, h, w)
-    scheduler = _unipc(num_steps, shift) if sampler == "unipc" else None
-    if scheduler is not None:
-        times = [float(t) for t in scheduler.timesteps]  # diffusers feeds its own timesteps to the model
-    else:
-        sigmas = sampling_sigmas(num_steps, shift).tolist()  # (num_steps + 1,) from 1 to 0
-        times = [s * NUM_TRAIN_TIMESTEPS for s in sigmas[:-1]]
-    models = [m for m in (model, low_noise_model) if m is not None]
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    with ExitStack() as stack:
-        for m in models:
-            stack.enter_context(eval_mode(m))
-        for i, t in enumerate(tqdm(times, desc="sampling", unit="step", disable=not progress)):
-            with autocast:
-                v = guided_velocity(_model_at(t, model, low_noise_model), x, t, cond, guidance)
-            if scheduler is not None:
-                x = scheduler.step(v, scheduler.timesteps[i], x, return_dict=False)[0].float()
-            else:
-                x = euler_step(x, v, sigmas[i], sigmas[i + 1])
-    return x
 
 
 # --- references -------------------------------------------------------------------------------------
@@ -204,25 +83,14 @@ class HarmoViewPipeline:
 
         device: default CUDA when available. dtype: the DiT's weights (default bf16 on GPU, float32 on CPU).
         """
-        from harmoview.model.weights import build_model
-        from harmoview.train.trainable import initial_config
-
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         bf16 = device.type == "cuda"
         dtype = dtype or (torch.bfloat16 if bf16 else torch.float32)
         enc = Encoders.load(encoders, device=device, text_len=text_len, vit_layers=vit_layers, **training_dtypes(bf16))
-        models = []
-        for ckpt in (ckpt_dir, low_noise_ckpt):
-            if ckpt is None:
-                models.append(None)
-                continue
-            config, directory = initial_config(Path(ckpt), None, enc)
-            model, report = build_model(config, directory, device=device, dtype=dtype)
-            if report is not None and report.new:  # a plain Wan folder: its HarmoView modules are random
-                tqdm.write(f"warning: {len(report.new)} HarmoView tensors are not in {directory} and are random")
-            models.append(model.requires_grad_(False))
+        model = _load_dit(Path(ckpt_dir), enc, device, dtype)  # the main model first: its errors come first
+        low_noise = None if low_noise_ckpt is None else _load_dit(Path(low_noise_ckpt), enc, device, dtype)
         return cls(
-            models[0], enc, low_noise_model=models[1], model_path=str(ckpt_dir),
+            model, enc, low_noise_model=low_noise, model_path=str(ckpt_dir),
             low_noise_path=None if low_noise_ckpt is None else str(low_noise_ckpt),
         )  # fmt: skip
 
@@ -254,7 +122,7 @@ class HarmoViewPipeline:
             raise ValueError(f"the model at {self.model_path} was built without references (use_references=False)")
         size = tuple(side * self.encoders.spatial_stride for side in self.config.ref_latent_hw)
         num_ids, num_slots = len(references), len(VIEW_SLOTS)
-        present = torch.zeros(1, num_ids, num_slots, dtype=torch.bool)
+        present = torch.zeros(1, num_ids, num_slots, dtype=torch.bool)  # (1, N, S)
         pixels = torch.zeros(1, num_ids, num_slots, 3, *size)  # (1, N, S, 3, h, w)
         for n, views in enumerate(references):
             for view, image in views.items():
@@ -264,15 +132,20 @@ class HarmoViewPipeline:
         latents = codes.new_zeros(*present.shape, *codes.shape[1:])  # (1, N, S, C, h', w')
         latents[present.to(self.device)] = codes
         refs = References(latents=latents, present=present.to(self.device))
-        vit = None
-        if self.config.use_mfi and self.encoders.vit is not None:
-            frontal = present[0, :, FRONTAL_SLOT]  # (N,)
-            vit = torch.zeros(1, num_ids, *self.encoders.vit_feature_shape, device=self.device)  # (1, N, T, Dv)
-            if frontal.any():
-                vit[0, frontal.to(self.device)] = self.encoders.encode_vit(
-                    pixels[0, frontal, FRONTAL_SLOT].to(self.device)
-                )
-        return refs, vit
+        return refs, self._frontal_vit_features(pixels, present)
+
+    def _frontal_vit_features(self, pixels: torch.Tensor, present: torch.Tensor) -> torch.Tensor | None:
+        """MFI features (1, N, T, Dv) of each identity's frontal crop (zeros without one); None when MFI is off.
+
+        pixels: (1, N, S, 3, h, w) reference crops; present: (1, N, S) which slots hold one.
+        """
+        if not (self.config.use_mfi and self.encoders.vit is not None):
+            return None
+        frontal = present[0, :, FRONTAL_SLOT]  # (N,)
+        vit = torch.zeros(1, present.shape[1], *self.encoders.vit_feature_shape, device=self.device)  # (1, N, T, Dv)
+        if frontal.any():
+            vit[0, frontal.to(self.device)] = self.encoders.encode_vit(pixels[0, frontal, FRONTAL_SLOT].to(self.device))
+        return vit
 
     def conditions(
         self, prompt: str, references: Sequence[Mapping[str, ReferenceImage]], negative_prompt: str = ""
@@ -284,7 +157,7 @@ class HarmoViewPipeline:
 
     def __call__(
         self, prompt: str, references: Sequence[Mapping[str, ReferenceImage]] = (), *, num_frames: int = 81,
-        height: int = 480, width: int = 832, steps: int = 50, sampler: str = "unipc", shift: float = 5.0,
+        height: int = 480, width: int = 832, steps: int = 50, sampler: str = "unipc", shift: float = DEFAULT_SHIFT,
         ref_scale: float = 1.0, text_scale: float = 5.0, negative_prompt: str = "", seed: int = 0,
         progress: bool = True,
     ) -> torch.Tensor:  # fmt: skip
@@ -317,6 +190,15 @@ class HarmoViewPipeline:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         os.replace(tmp, side)
         return path
+
+
+def _load_dit(ckpt: Path, encoders: Encoders, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A frozen DiT from a HarmoView export, a training run or a Wan folder, sized to agree with `encoders`."""
+    config, directory = initial_config(ckpt, None, encoders)
+    model, report = build_model(config, directory, device=device, dtype=dtype)
+    if report is not None and report.new:  # a plain Wan folder: its HarmoView modules are random
+        tqdm.write(f"warning: {len(report.new)} HarmoView tensors are not in {directory} and are random")
+    return model.requires_grad_(False)
 
 
 def sidecar_path(video: str | Path) -> Path:

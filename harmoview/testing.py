@@ -1,4 +1,8 @@
-"""Tiny random encoders for tests: the real classes at toy sizes, written through their real save_pretrained.
+"""Test support, not part of the library: tiny random encoders (the real classes at toy sizes).
+
+No module of `harmoview` imports this one (the import contract in pyproject.toml keeps it so); tests,
+benchmarks and the README's weight-free try-out do. The encoders are written through their real
+`save_pretrained`, so the loading code under test is the one that loads real weights.
 
 `write_tiny_encoders(root)` lays them out like a diffusers Wan folder (vae/, text_encoder/, tokenizer/) plus
 an open_clip vit/, so both `EncoderPaths.from_wan_dir(root, vit=root / "vit")` and the returned paths work.

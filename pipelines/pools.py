@@ -1,10 +1,16 @@
-"""Ray Data actor pools: one way to hand a run's config to the actors of a pool."""
+"""Ray Data actor pools: one way to hand a run's config to the actors of a pool, and one way to build the
+pool (resources, block count, actor count) from what a stage declares."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import TypeVar
 
+import ray
+
 from datakit.config import BuildConfig
+from pipelines.ray_runtime import init_ray
 
 T = TypeVar("T")
 
@@ -16,3 +22,40 @@ def bind_config(worker: type[T], cfg: BuildConfig) -> type[T]:
     object store, which Ray cannot restore if an actor restarts (and warns about on every run).
     """
     return type(worker.__name__, (worker,), {"cfg": cfg})
+
+
+def cluster_gpus(cfg: BuildConfig) -> int:
+    """GPUs of the run's Ray cluster (starting this run's Ray if it is not running yet)."""
+    init_ray(cfg)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def actor_pool(
+    worker: type,
+    cfg: BuildConfig,
+    items: list[dict],
+    *,
+    batch_size: int = 1,
+    num_actors: int = 1,
+    num_gpus: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> ray.data.Dataset:
+    """``items`` through a pool of ``worker`` actors (a Ray Data callable class, given ``cfg`` here).
+
+    One CPU per actor (plus ``num_gpus``); ``env``: environment variables of the actor processes. The
+    items are cut into blocks of ``batch_size`` so that every actor gets work from the start, and no more
+    actors start than there are blocks. The dataset is lazy: iterating it runs the pool.
+    """
+    init_ray(cfg)
+    blocks = max(1, math.ceil(len(items) / batch_size))
+    resources: dict = {"num_cpus": 1}
+    if num_gpus:
+        resources["num_gpus"] = num_gpus
+    if env:
+        resources["runtime_env"] = {"env_vars": dict(env)}
+    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        bind_config(worker, cfg),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, blocks)),
+        **resources,
+    )

@@ -40,11 +40,11 @@ def init_ray(cfg: BuildConfig) -> None:
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     if address and address != "local":
         _check_cluster(address)
-        # A remote cluster needs our code: ship the two packages (its nodes need the dependencies).
+        # A remote cluster needs our code: ship the two packages (its nodes need the dependencies). This
+        # package's folder is this file's, not `import pipelines`, which would close an import circle.
         import datakit
-        import pipelines
 
-        runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(pipelines.__file__)]}
+        runtime_env = {"py_modules": [os.path.dirname(datakit.__file__), os.path.dirname(__file__)]}
         try:
             with _quiet_native_stderr():
                 ray.init(address=address, runtime_env=runtime_env, logging_level=logging.ERROR, log_to_driver=False)
@@ -135,7 +135,8 @@ class _quiet_native_stderr:
 #: lines of Ray's native logs that say nothing a user can act on, kept from the terminal (still in Ray's logs)
 _NATIVE_NOISE = (
     # Ray Data passes its own context and transform to every map actor as object-store arguments and turns
-    # on actor restarts (which datakit needs, see MAX_ATTEMPTS): the driver's core worker warns each run.
+    # on actor restarts (which datakit needs, see pipelines.video_pool.MAX_ATTEMPTS): the driver's core
+    # worker warns each run.
     b"has constructor arguments in the object store and max_restarts > 0",
 )
 

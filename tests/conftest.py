@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,13 @@ def models_dir() -> Path:
     return MODELS
 
 
+def run_datakit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The ``datakit`` command in a fresh interpreter (``python -m datakit.cli``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "datakit.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
 _BUILD_CHILD = """
 import json, sys
 from datakit import BuildConfig
@@ -42,8 +51,6 @@ def build_in_subprocess(**config) -> dict:
     inside the pytest process (Ray's background threads outliving ``ray.shutdown`` have crashed it).
     """
     import json
-    import subprocess
-    import sys
 
     args = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in config.items()})
     proc = subprocess.run(

@@ -1,8 +1,13 @@
-"""The ``datakit`` command line: a thin layer over :func:`datakit.build` and friends.
+"""The ``datakit`` command line: a thin layer over the Python API (:func:`pipelines.build` and the tools).
+
+One convention for every command: its parser is registered with its runner (``set_defaults(func=...)``,
+:func:`datakit.cli.flags.add_command`); the runner prints results and returns the exit status, and lets
+user errors (a bad path, setting or run folder) propagate to :func:`main`, which prints them as one line
+``datakit <command>: error: <message>`` and exits 1. A bad command line is argparse's usage error, exit 2.
 
 Exit status of ``datakit build``: 0 when the run finished (bad input files do not fail a run: each is
 a row in ``errors`` and a status in ``videos``); 1 when the run could not finish (missing source folder
-or model, conflicting earlier run, interrupted); 2 for a bad command line.
+or model, conflicting earlier run, unreachable cluster, interrupted); 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -11,6 +16,23 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from datakit.cli.flags import (
+    MODELS_DIR_DEFAULT,
+    add_caption_flags,
+    add_command,
+    add_config_flag,
+    add_face_stack_flags,
+    add_manifests,
+    add_models_dir,
+    add_quiet,
+    add_ray_flags,
+    config_overrides,
+)
+from datakit.cli.tools import add_commands as add_tool_commands
+from datakit.config import BuildConfig
+
+__all__ = ["main", "make_parser"]
 
 BUILD_HELP = """\
 Turn a folder of raw footage into multi-view identity manifests (Parquet).
@@ -30,108 +52,79 @@ Face stacks (--backend auto picks the first that can run):
 """
 
 
-def _build_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _pipeline_errors() -> tuple[type[BaseException], ...]:
+    """User errors of the commands that run ``pipelines``: a conflicting earlier run, an unreachable cluster."""
+    from pipelines.ray_runtime import ClusterConnectionError
+    from pipelines.resume import RunConflictError
+
+    return RunConflictError, ClusterConnectionError
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "build",
+        _run_build,
+        resumable=True,
+        user_errors=_pipeline_errors,
         help="curate raw videos into manifests",
         description=BUILD_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--src", type=Path, required=True, help="folder of videos (searched recursively)")
-    p.add_argument("--out", type=Path, required=True, help="run folder for the manifests")
-    p.add_argument("--config", type=Path, help="JSON or TOML file of BuildConfig fields; flags override it")
+    p.add_argument("--src", type=Path, required=True, metavar="DIR", help="folder of videos (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder for the manifests")
     p.add_argument(
-        "--fps", type=float, dest="sample_fps", help="frames per second sent to the face detector (default 3)"
+        "--config", type=Path, metavar="FILE", help="JSON or TOML file of BuildConfig fields; flags override it"
     )
-    p.add_argument("--workers", type=int, help="parallel video workers (default: one per CPU)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument(
-        "--models-dir",
-        type=Path,
-        help="folder with YuNet/FSA-Net ONNX files (default: DATAKIT_MODELS_DIR, else `datakit models fetch`'s folder)",
-    )
-    p.add_argument("--backend", choices=["auto", "yunet", "dlib", "insightface"], help="face stack (default auto)")
-    p.add_argument("--insightface-pack", type=Path, help="local insightface model pack folder (buffalo_l, ...)")
-    p.add_argument(
-        "--detect-max-side",
-        type=int,
-        help="long side (px) frames are shrunk to for face detection; 0 = full size (default 960)",
-    )
+    add_config_flag(p, "sample_fps", "frames per second sent to the face detector", flag="--fps", type=float)
+    add_ray_flags(p, workers_help="parallel video workers (default: one per CPU)")
+    add_face_stack_flags(p, recorded=False)
     p.add_argument(
         "--overwrite",
         action="store_true",
-        default=None,
+        default=None,  # None, not False: an `overwrite` in --config stays unless the flag is given
         help="delete an earlier run in OUT and start over (default: resume it)",
     )
-    _add_caption_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_caption_flags(p)
+    add_quiet(p)
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from datakit.config import BuildConfig
-    from datakit.faces import ModelNotFoundError
-    from pipelines.build import RunConflictError, build
-    from pipelines.ray_runtime import ClusterConnectionError
+    from pipelines.build import build
 
-    flags = {
-        k: getattr(args, k)
-        for k in (
-            "sample_fps",
-            "workers",
-            "address",
-            "models_dir",
-            "backend",
-            "insightface_pack",
-            "detect_max_side",
-            "overwrite",
-            *CAPTION_FLAGS,
-        )
-    }
-    try:
-        if args.config:
-            cfg = BuildConfig.from_file(args.config, src=args.src, out=args.out, **flags)
-        else:
-            cfg = BuildConfig(src=args.src, out=args.out, **{k: v for k, v in flags.items() if v is not None})
-        summary = build(cfg, progress=not args.quiet)
-    except (ModelNotFoundError, RunConflictError, ClusterConnectionError, FileNotFoundError, ValueError) as exc:
-        print(f"datakit build: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("datakit build: interrupted; run the same command again to resume", file=sys.stderr)
-        return 1
-    print(summary.format())
+    flags = config_overrides(args)
+    if args.config:
+        cfg = BuildConfig.from_file(args.config, **flags)
+    else:
+        cfg = BuildConfig(**{k: v for k, v in flags.items() if v is not None})
+    print(build(cfg, progress=not args.quiet).format())
     return 0
 
 
-def _models_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "models",
+        _run_models_list,
         help="list the face stacks' model files, or fetch the default stack's",
         description="List each face stack's files: source URL, licence, SHA-256 and whether present. "
         "`datakit models fetch` downloads the default stack's files (the only command that downloads).",
     )
-    p.add_argument("--models-dir", type=Path, help="folder to check (default: DATAKIT_MODELS_DIR, else the cache)")
-    actions = p.add_subparsers(dest="action")
-    fetch = actions.add_parser("fetch", help="download YuNet + FSA-Net, verified by SHA-256 (resumable)")
-    fetch.add_argument("--to", type=Path, help="target folder (default: DATAKIT_MODELS_DIR, else the cache)")
-    fetch.add_argument("--base-url", help="mirror serving the files by name (default: DATAKIT_MODELS_BASE_URL)")
-    fetch.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_models_dir(p, f"folder to check (default: {MODELS_DIR_DEFAULT})")
+    actions = p.add_subparsers(dest="action", title="actions", metavar="{fetch}")
+    fetch = add_command(
+        actions, "fetch", _run_models_fetch, help="download YuNet + FSA-Net, verified by SHA-256 (resumable)"
+    )
+    fetch.add_argument("--to", type=Path, metavar="DIR", help=f"target folder (default: {MODELS_DIR_DEFAULT})")
+    fetch.add_argument(
+        "--base-url", metavar="URL", help="mirror serving the files by name (default: DATAKIT_MODELS_BASE_URL)"
+    )
+    add_quiet(fetch)
 
 
-def _run_models(args: argparse.Namespace) -> int:
-    from datakit.faces.base import ModelNotFoundError
-    from datakit.faces.model_fetch import fetch_default_stack
+def _run_models_list(args: argparse.Namespace) -> int:
     from datakit.faces.model_files import FACE_STACKS, model_status, resolve_models_dir
 
-    if args.action == "fetch":
-        folder = resolve_models_dir(args.to)
-        try:
-            fetched = fetch_default_stack(folder, base_url=args.base_url, progress=not args.quiet)
-        except ModelNotFoundError as exc:
-            print(f"datakit models fetch: error: {exc}", file=sys.stderr)
-            return 1
-        print(f"{len(fetched)} file(s) downloaded; default stack ready in {folder}")
-        return 0
     folder = resolve_models_dir(args.models_dir)
     print(f"models folder: {folder}")
     for stack in FACE_STACKS:
@@ -143,6 +136,16 @@ def _run_models(args: argparse.Namespace) -> int:
                 print(f"    url: {model.url}")
             if model.sha256:
                 print(f"    sha256: {model.sha256}")
+    return 0
+
+
+def _run_models_fetch(args: argparse.Namespace) -> int:
+    from datakit.faces.model_fetch import fetch_default_stack
+    from datakit.faces.model_files import resolve_models_dir
+
+    folder = resolve_models_dir(args.to)
+    fetched = fetch_default_stack(folder, base_url=args.base_url, progress=not args.quiet)
+    print(f"{len(fetched)} file(s) downloaded; default stack ready in {folder}")
     return 0
 
 
@@ -160,92 +163,61 @@ Backends (--captioner):
               (--caption-base-url http://host:8000/v1 --caption-api-model NAME); frames are sent as
               JPEG images (vLLM: --limit-mm-per-prompt '{"image": 8}' or more); the API key, if any, is
               read from the variable named by --caption-api-key-env (default OPENAI_API_KEY)
-Settings not given here come from the run's run.json, then the defaults. Prompts: datakit/captions/prompts.py.
+Settings not given here come from the run's run.json, then the defaults. Prompts: datakit/clips/captions/prompts.py.
 """
 
-CAPTION_FLAGS = (
-    "captioner",
-    "caption_model_dir",
-    "caption_base_url",
-    "caption_api_model",
-    "caption_api_key_env",
-    "caption_prompt_version",
-    "caption_frames",
-    "caption_max_pixels",
-    "caption_max_new_tokens",
-    "caption_batch_size",
-    "caption_concurrency",
-    "caption_timeout_s",
-    "caption_retries",
-    "caption_retry_backoff_s",
-)
 
-
-def _add_caption_flags(p: argparse.ArgumentParser) -> None:
-    from datakit.clips.captions.base import CAPTIONERS
-    from datakit.clips.captions.prompts import PROMPTS
-
-    g = p.add_argument_group("captions (datakit.clips.captions)")
-    g.add_argument("--captioner", choices=CAPTIONERS, help="caption backend (default none: no captions)")
-    g.add_argument("--caption-model-dir", type=Path, help="qwen2.5-vl: local checkpoint folder")
-    g.add_argument("--caption-base-url", help="openai: server base URL, e.g. http://localhost:8000/v1")
-    g.add_argument("--caption-api-model", help="openai: served model name (recorded as caption_model)")
-    g.add_argument("--caption-api-key-env", help="openai: variable holding the API key (default OPENAI_API_KEY)")
-    g.add_argument("--caption-prompt-version", choices=sorted(PROMPTS), help="prompt template (default v1)")
-    g.add_argument("--caption-frames", type=int, help="frames sampled per clip (default 8)")
-    g.add_argument("--caption-max-pixels", type=int, help="pixel budget per frame, width*height (default 200704)")
-    g.add_argument("--caption-max-new-tokens", type=int, help="longest caption in tokens (default 256)")
-    g.add_argument("--caption-batch-size", type=int, help="clips per model call / per saved batch (default 4)")
-    g.add_argument("--caption-concurrency", type=int, help="openai: requests in flight (default 8)")
-    g.add_argument("--caption-timeout-s", type=float, help="openai: seconds to wait for an answer (default 120)")
-    g.add_argument("--caption-retries", type=int, help="openai: retries on timeout/429/5xx (default 3)")
-    g.add_argument("--caption-retry-backoff-s", type=float, help="openai: first retry wait, doubling (default 1)")
-
-
-def _caption_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _add_caption(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "caption",
+        _run_caption,
+        resumable=True,
+        user_errors=_pipeline_errors,
         help="add captions to an existing run (no face models re-run)",
         description=CAPTION_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--manifests", type=Path, required=True, help="run folder written by `datakit build`")
-    p.add_argument("--src", type=Path, help="source folder of the videos (default: the one in run.json)")
-    p.add_argument("--workers", type=int, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    _add_caption_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_manifests(p)
+    p.add_argument("--src", type=Path, metavar="DIR", help="source folder of the videos (default: the one in run.json)")
+    add_ray_flags(p, workers_help="CPUs for a local Ray (default: all)")
+    add_caption_flags(p)
+    add_quiet(p)
 
 
 def _run_caption(args: argparse.Namespace) -> int:
     from pipelines.clip_stages import caption_run
 
-    overrides = {k: getattr(args, k) for k in (*CAPTION_FLAGS, "src", "workers", "address")}
-    try:
-        summary = caption_run(args.manifests, progress=not args.quiet, **overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"datakit caption: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("datakit caption: interrupted; run the same command again to resume", file=sys.stderr)
-        return 1
+    summary = caption_run(args.manifests, progress=not args.quiet, **config_overrides(args))
     print(f"datakit caption -> {args.manifests}\n  {summary.format()}")
     return 0
 
 
-def _filter_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--set``, split and stripped; anything else is a bad command line."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def _add_filter(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "filter",
+        _run_filter,
+        user_errors=_pipeline_errors,
         help="re-apply the clip filters to a finished run (no model re-runs)",
         description="Set clips.drop_reason from the stored clip quality scores with new thresholds and rebuild "
         "`samples` from the kept clips; faces, tracks, identities and embeddings stay as they are. "
         "The thresholds are the run's own (run.json), changed by --config and then --set; run.json is "
         "updated so that a later resumed `datakit build` agrees.",
     )
-    p.add_argument("--manifests", type=Path, required=True, help="run folder of a finished `datakit build`")
-    p.add_argument("--config", type=Path, help="JSON or TOML file; its filter_* fields are applied")
+    add_manifests(p)
+    p.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML file; its filter_* fields are applied")
     p.add_argument(
         "--set",
+        type=_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -256,44 +228,44 @@ def _filter_parser(sub: argparse._SubParsersAction) -> None:
 def _run_filter(args: argparse.Namespace) -> int:
     from pipelines.clip_stages import refilter
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"datakit filter: error: --set {item!r} is not KEY=VALUE", file=sys.stderr)
-            return 2
-        overrides[key.strip()] = value.strip()
-    try:
-        summary = refilter(args.manifests, args.config, overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"datakit filter: error: {exc}", file=sys.stderr)
-        return 1
-    print(summary.format())
+    print(refilter(args.manifests, args.config, dict(args.set)).format())
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``datakit`` command."""
-    from datakit.cli.tools import add_commands as add_query_commands
+def _user_errors(args: argparse.Namespace) -> tuple[type[BaseException], ...]:
+    """What a user can cause, shown as one line: bad paths and settings (OSError, ValueError: not a run,
+    no face in a photo, ...), missing model files, and the command's own (``add_command(user_errors=)``)."""
+    from datakit.faces.base import ModelNotFoundError
 
+    own = args.user_errors() if args.user_errors else ()
+    return (OSError, ValueError, ModelNotFoundError, *own)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of the ``datakit`` command and all its subcommands."""
     parser = argparse.ArgumentParser(prog="datakit", description="Multi-view identity video curation.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _build_parser(sub)
-    _models_parser(sub)
-    _filter_parser(sub)
-    _caption_parser(sub)
-    add_query_commands(sub)  # query, report, split, leakage (datakit/query_cli.py)
-    args = parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
+    _add_build(sub)
+    _add_models(sub)
+    _add_filter(sub)
+    _add_caption(sub)
+    add_tool_commands(sub)  # query, report, split, leakage (datakit/cli/tools.py)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``datakit`` command; returns the exit status."""
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad command line that argparse has explained (2)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "build":
-        return _run_build(args)
-    if args.command == "models":
-        return _run_models(args)
-    if args.command == "filter":
-        return _run_filter(args)
-    if args.command == "caption":
-        return _run_caption(args)
-    if hasattr(args, "handler"):
-        return args.handler(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        again = "; run the same command again to resume" if args.resumable else ""
+        print(f"{args.prog}: interrupted{again}", file=sys.stderr)
+        return 1
+    except _user_errors(args) as exc:  # evaluated only when something was raised
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
+        return 1

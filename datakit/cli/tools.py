@@ -1,18 +1,24 @@
 """Command lines over finished manifests: ``datakit query``, ``report``, ``split`` and ``leakage``.
 
-Each command is a parser (``_xxx_parser``) and a runner (``_run_xxx``) that returns the exit status;
-:func:`add_commands` registers them on ``datakit``'s subparsers (the runner travels as ``args.handler``).
-User errors print one line on stderr and exit 1, never a traceback.
+Each command is a parser (``_add_xxx``, registered with :func:`datakit.cli.flags.add_command`) and a
+runner (``_run_xxx``) that calls the library (:mod:`datakit.tools`), prints and returns the exit status;
+user errors propagate to :func:`datakit.cli.main`, which prints them as one line and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["add_commands"]
+from datakit.cli.flags import add_command, add_face_stack_flags, add_json_flag, add_manifests
+
+if TYPE_CHECKING:
+    from datakit.tools.matches import ClipRef, Match
+    from datakit.tools.query import QueryResult
+
+__all__ = ["add_commands", "format_matches"]
 
 QUERY_HELP = """\
 Find the people of one or more runs that match a photo, an identity or an embedding, with their clips.
@@ -36,53 +42,65 @@ bad command line.
 """
 
 
-def _manifests_arg(p: argparse.ArgumentParser, *, many: bool = True) -> None:
+def _add_threshold(p: argparse.ArgumentParser, flag: str) -> None:
+    """The least score that counts as the same person; by default the runs' embedder's calibrated one."""
     p.add_argument(
-        "--manifests",
-        "-m",
-        type=Path,
-        required=True,
-        nargs="+" if many else None,
-        help="run folder(s) written by `datakit build --out`",
+        flag,
+        type=float,
+        metavar="COSINE",
+        help="least cosine similarity that counts as the same person (default: the embedder's "
+        "same_person_cosine from run.json)",
     )
 
 
-def _stack_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models-dir", type=Path, help="override the models folder recorded in run.json")
-    p.add_argument("--insightface-pack", type=Path, help="override the insightface pack recorded in run.json")
+def _stack_overrides(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Where the runs' face stack files are here (``add_face_stack_flags(recorded=True)``), for the library."""
+    return {"models_dir": args.models_dir, "insightface_pack": args.insightface_pack}
 
 
-def _query_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _add_query(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "query",
+        _run_query,
         help="find the identities and clips matching a photo, identity or embedding",
         description=QUERY_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _manifests_arg(p)
+    add_manifests(p, several=True)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--image", type=Path, help="a photo; each face in it is a query")
-    what.add_argument("--identity", help="an identity_id of the runs (its centroid is the query)")
-    what.add_argument("--embedding", type=Path, help=".npy file: one (D,) embedding or (N, D) embeddings")
-    p.add_argument("--face", type=int, help="with --image: query only face N (0 = leftmost)")
-    p.add_argument("-k", type=int, default=10, help="at most this many matches per query (default 10)")
-    p.add_argument(
-        "--min-score",
-        type=float,
-        help="least cosine similarity to report (default: the embedder's same_person_cosine from run.json)",
+    what.add_argument("--image", type=Path, metavar="PHOTO", help="a photo; each face in it is a query")
+    what.add_argument("--identity", metavar="ID", help="an identity_id of the runs (its centroid is the query)")
+    what.add_argument(
+        "--embedding", type=Path, metavar="NPY", help=".npy file: one (D,) embedding or (N, D) embeddings"
     )
-    p.add_argument("--json", action="store_true", help="print the matches as JSON")
+    p.add_argument("--face", type=int, metavar="N", help="with --image: query only face N (0 = leftmost)")
+    p.add_argument(
+        "-k",
+        type=_positive_int,
+        default=10,
+        metavar="K",
+        help="at most this many matches per query (default %(default)s)",
+    )
+    _add_threshold(p, "--min-score")
+    add_json_flag(p, "the matches")
     p.add_argument("--rebuild-index", action="store_true", help="rebuild RUN/_index/ even when it is current")
-    _stack_args(p)
-    p.set_defaults(handler=_run_query)
+    add_face_stack_flags(p, recorded=True)
 
 
-def _fmt_clip(c) -> str:
+def _fmt_clip(c: ClipRef) -> str:
     extra = f" [dropped: {c.drop_reason}]" if c.drop_reason else ""
     return f"{c.clip_id}  {c.video_path}  {c.start_s:.2f}-{c.end_s:.2f} s{extra}"
 
 
-def format_matches(matches, *, header: str) -> str:
+def format_matches(matches: list[Match], *, header: str) -> str:
     """The readable table of ``datakit query``."""
     lines = [header]
     if not matches:
@@ -100,68 +118,37 @@ def format_matches(matches, *, header: str) -> str:
     return "\n".join(lines)
 
 
-def _err(cmd: str, exc: BaseException) -> int:
-    print(f"datakit {cmd}: error: {exc}", file=sys.stderr)
-    return 1
-
-
 def _run_query(args: argparse.Namespace) -> int:
-    import numpy as np
+    from datakit.tools.query import answer_queries, make_queries, open_index
 
-    from datakit.tools.query import QueryError, face_stack_for, open_index
-
-    if args.k < 1:
-        return _err("query", ValueError("-k must be at least 1"))
-    try:
-        index = open_index(args.manifests, rebuild=args.rebuild_index)
-        min_score = index.same_person_cosine if args.min_score is None else args.min_score
-        queries: list[tuple[dict, np.ndarray | None]] = []
-        if args.image is not None:
-            from datakit.tools.photos import embed_photo
-
-            stack = face_stack_for(index, models_dir=args.models_dir, insightface_pack=args.insightface_pack)
-            for pf in embed_photo(args.image, stack, face=args.face):
-                queries.append((pf.describe(), pf.embedding))
-        elif args.identity is not None:
-            queries.append(({"identity_id": args.identity}, index.identity_embedding(args.identity)))
-        else:
-            if not args.embedding.is_file():
-                raise FileNotFoundError(f"embedding file {args.embedding} does not exist")
-            arr = np.load(args.embedding, allow_pickle=False)
-            arr = np.atleast_2d(np.asarray(arr, np.float32))
-            if arr.ndim != 2:
-                raise QueryError(f"{args.embedding}: expected a (D,) or (N, D) array, got shape {arr.shape}")
-            queries.extend(({"embedding": str(args.embedding), "row": i}, row) for i, row in enumerate(arr))
-        results = []
-        for desc, emb in queries:
-            if emb is None:
-                results.append((desc, [], None, "the embedder could not embed this face"))
-                continue
-            got = index.search(emb, k=args.k, min_score=min_score)
-            for m in got:
-                m.query = desc
-            best = None if got else index.best_score(emb)
-            results.append((desc, got, best, None))
-    except (QueryError, FileNotFoundError, ValueError, OSError) as exc:
-        return _err("query", exc)
+    index = open_index(args.manifests, rebuild=args.rebuild_index)
+    min_score = index.same_person_cosine if args.min_score is None else args.min_score
+    what = {"image": args.image, "identity": args.identity, "embedding": args.embedding, "face": args.face}
+    queries = make_queries(index, **what, **_stack_overrides(args))
+    results = answer_queries(index, queries, k=args.k, min_score=min_score)
     if args.json:
-        flat = sorted((m for _, got, _, _ in results for m in got), key=lambda m: -m.score)
+        flat = sorted((m for r in results for m in r.matches), key=lambda m: -m.score)
         print(json.dumps([m.to_dict() for m in flat], indent=2))
         return 0
-    info = index.describe()
-    kinds = ", ".join(f"{d['kind']} index of {d['n']} vectors (recall@10 {d['recall_at_10']})" for d in info)
-    print(f"searched {len(info)} run(s): {kinds}; min score {min_score:.3f}")
-    for desc, got, best, problem in results:
-        what = _describe_query(desc)
-        if problem:
-            print(f"\n{what}: {problem}")
-        elif not got:
-            near = f" (best: {best.identity_id or 'track ' + str(best.track_id)} at {best.score:.3f})" if best else ""
-            print(f"\n{what}: no match above the threshold {min_score:.3f}{near}")
-        else:
-            print()
-            print(format_matches(got, header=f"{what}: {len(got)} match(es)"))
+    kinds = ", ".join(
+        f"{d['kind']} index of {d['n']} vectors (recall@10 {d['recall_at_10']})" for d in index.describe()
+    )
+    print(f"searched {len(index.runs)} run(s): {kinds}; min score {min_score:.3f}")
+    for r in results:
+        print(_format_result(r, min_score))
     return 0
+
+
+def _format_result(result: QueryResult, min_score: float) -> str:
+    """One query's paragraph of ``datakit query``'s table (a blank line first)."""
+    what = _describe_query(result.query)
+    if result.problem:
+        return f"\n{what}: {result.problem}"
+    if not result.matches:
+        best = result.best
+        near = f" (best: {best.identity_id or 'track ' + str(best.track_id)} at {best.score:.3f})" if best else ""
+        return f"\n{what}: no match above the threshold {min_score:.3f}{near}"
+    return "\n" + format_matches(result.matches, header=f"{what}: {len(result.matches)} match(es)")
 
 
 def _describe_query(desc: dict) -> str:
@@ -183,26 +170,34 @@ or URL: it opens offline and makes no network request.
 """
 
 
-def _report_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from datakit.tools.report import PAGE_SIZE
+
+    p = add_command(
+        sub,
         "report",
+        _run_report,
         help="write a static HTML gallery of a run",
         description=REPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _manifests_arg(p, many=False)
-    p.add_argument("--out", type=Path, required=True, help="folder for index.html and its images (created)")
-    p.add_argument("--page-size", type=int, default=100, help="identities per page (default 100)")
-    p.set_defaults(handler=_run_report)
+    add_manifests(p)
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder for index.html and its images (created)"
+    )
+    p.add_argument(
+        "--page-size",
+        type=_positive_int,
+        default=PAGE_SIZE,
+        metavar="N",
+        help="identities per page (default %(default)s)",
+    )
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from datakit.tools.report import build_report
 
-    try:
-        result = build_report(args.manifests, args.out, page_size=args.page_size)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        return _err("report", exc)
+    result = build_report(args.manifests, args.out, page_size=args.page_size)
     print(
         f"report of {result.num_identities} identities ({result.num_crops} reference crops, "
         f"{len(result.pages)} page(s)) -> {result.index}"
@@ -221,36 +216,32 @@ same split.
 """
 
 
-def _split_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "split",
+        _run_split,
         help="identity-disjoint train/eval split of a run",
         description=SPLIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _manifests_arg(p, many=False)
-    p.add_argument("--eval-fraction", type=float, required=True, help="share of identities in eval (0..1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the assignment (default 0)")
-    p.add_argument("--eval-identities", type=Path, help="file of identity ids that must be in eval")
+    add_manifests(p)
+    p.add_argument("--eval-fraction", type=float, required=True, metavar="F", help="share of identities in eval (0..1)")
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="random seed of the assignment (default %(default)s)"
+    )
+    p.add_argument("--eval-identities", type=Path, metavar="FILE", help="file of identity ids that must be in eval")
     p.add_argument("--dry-run", action="store_true", help="print the counts, write nothing")
-    p.add_argument("--json", action="store_true", help="print the counts as JSON")
-    p.set_defaults(handler=_run_split)
+    add_json_flag(p, "the counts")
 
 
 def _run_split(args: argparse.Namespace) -> int:
     from datakit.tools.splits import read_identity_file, split_run
 
-    try:
-        forced = read_identity_file(args.eval_identities) if args.eval_identities else []
-        result = split_run(
-            args.manifests,
-            eval_fraction=args.eval_fraction,
-            seed=args.seed,
-            eval_identities=forced,
-            write=not args.dry_run,
-        )
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        return _err("split", exc)
+    forced = read_identity_file(args.eval_identities) if args.eval_identities else []
+    result = split_run(
+        args.manifests, eval_fraction=args.eval_fraction, seed=args.seed, eval_identities=forced, write=not args.dry_run
+    )
     if args.json:
         print(json.dumps({**result.counts, "path": str(result.path) if result.path else None}))
     else:
@@ -271,43 +262,36 @@ Exit status: 0 = no leakage found, 1 = LEAKAGE FOUND (or an error, said on stder
 """
 
 
-def _leakage_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+def _add_leakage(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub,
         "leakage",
+        _run_leakage,
         help="check that benchmark faces are not training identities (exit 1 if so)",
         description=LEAKAGE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _manifests_arg(p)
-    p.add_argument("--images", type=Path, required=True, help="folder of benchmark photos, or a cases .jsonl")
-    p.add_argument("--threshold", type=float, help="least cosine that counts as the same person")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _stack_args(p)
-    p.set_defaults(handler=_run_leakage)
+    add_manifests(p, several=True)
+    p.add_argument(
+        "--images", type=Path, required=True, metavar="PATH", help="folder of benchmark photos, or a cases .jsonl"
+    )
+    _add_threshold(p, "--threshold")
+    add_json_flag(p, "the report")
+    add_face_stack_flags(p, recorded=True)
 
 
 def _run_leakage(args: argparse.Namespace) -> int:
     from datakit.tools.leakage import check_leakage
-    from datakit.tools.query import QueryError, open_index
+    from datakit.tools.query import open_index
 
-    try:
-        index = open_index(args.manifests)
-        report = check_leakage(
-            index,
-            args.images,
-            threshold=args.threshold,
-            models_dir=args.models_dir,
-            insightface_pack=args.insightface_pack,
-        )
-    except (QueryError, FileNotFoundError, ValueError, OSError) as exc:
-        return _err("leakage", exc)
+    report = check_leakage(open_index(args.manifests), args.images, threshold=args.threshold, **_stack_overrides(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 1 if report.leaked else 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register query, report, split and leakage on ``datakit``'s subparsers."""
-    _query_parser(sub)
-    _report_parser(sub)
-    _split_parser(sub)
-    _leakage_parser(sub)
+    _add_query(sub)
+    _add_report(sub)
+    _add_split(sub)
+    _add_leakage(sub)

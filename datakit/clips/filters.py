@@ -2,9 +2,15 @@
 
 A dropped clip stays in ``clips`` with the name of the first filter it failed (the fixed order of
 ``FILTERS``); ``drop_reason`` null = kept. Only kept clips make training samples. The thresholds are
-``BuildConfig.filter_*`` fields; None switches a filter off. Filters run in the global ``clip_pass``, so
-changing a threshold re-runs no model: ``datakit filter --manifests RUN --set filter_min_brightness=0.1``
-(or a resumed ``datakit build`` with new values) re-applies them to the stored scores.
+``BuildConfig.filter_*`` fields; None switches a filter off.
+
+Two steps of the build's stage order (:mod:`datakit.passes.runner`) apply them: the cheap filters
+(``CHEAP_FILTERS``, over the scores of the per-video scan) decide which clips get captions and model
+scores; the model-based filters (``MODEL_FILTERS``, over the open_clip scores) run after those. Every
+cheap filter comes before every model-based one in ``FILTERS``, so the two steps give the same
+``drop_reason`` as one pass over ``FILTERS``. Changing a threshold re-runs no model:
+``datakit filter --manifests RUN --set filter_min_brightness=0.1`` (or a resumed ``datakit build`` with new
+values) re-applies them to the stored scores.
 
 Null scores never fail a filter (a score that was not measured: ``motion_score`` of a one-sample clip,
 the open_clip scores without a model or caption), except ``main_face_px`` null in a scored clip (a clip
@@ -39,6 +45,10 @@ FILTERS: tuple[tuple[str, str, str, str], ...] = (
 #: columns whose null value fails their filter in a scored clip (see the module docstring)
 _NULL_FAILS = frozenset({"main_face_px"})
 FILTER_FIELDS = tuple(f[1] for f in FILTERS)
+#: columns computed by a model after captioning (datakit.clips.scores), not during the per-video scan
+MODEL_SCORE_COLUMNS = frozenset({"aesthetic_score", "clip_score"})
+CHEAP_FILTERS = tuple(f for f in FILTERS if f[2] not in MODEL_SCORE_COLUMNS)
+MODEL_FILTERS = tuple(f for f in FILTERS if f[2] in MODEL_SCORE_COLUMNS)
 DROP_REASONS = tuple(f[0] for f in FILTERS)
 
 
@@ -49,17 +59,23 @@ def thresholds(cfg: object) -> dict[str, float | None]:
     return {name: getattr(cfg, name, None) for name in FILTER_FIELDS}
 
 
-def apply_clip_filters(clips: pa.Table, filters: object) -> pa.Table:
-    """``clips`` with ``drop_reason`` set: the first failed filter in ``FILTERS`` order, null = kept.
+def apply_clip_filters(
+    clips: pa.Table, filters: object, chain: tuple[tuple[str, str, str, str], ...] = FILTERS, *, fresh: bool = True
+) -> pa.Table:
+    """``clips`` with ``drop_reason`` set: the first failed filter of ``chain`` (``FILTERS`` order), null = kept.
 
     ``filters``: a BuildConfig, or a dict of ``filter_*`` thresholds (missing or None = off).
+    ``fresh``: decide every clip anew (True), or keep the reasons already set and decide only the kept
+    clips (False: the model-based step after the cheap one).
     """
     limits = thresholds(filters)
     n = clips.num_rows
     reason = np.full(n, None, dtype=object)
-    undecided = np.ones(n, dtype=bool)
+    if not fresh:
+        reason[:] = clips.column("drop_reason").to_pylist()
+    undecided = np.array([r is None for r in reason], dtype=bool)
     scored = clips.column("face_share").is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
-    for name, field_name, column, kind in FILTERS:
+    for name, field_name, column, kind in chain:
         limit = limits.get(field_name)
         if limit is None or not undecided.any():
             continue

@@ -1,4 +1,5 @@
-"""Frames for the captioners: a few frames per clip, decoded once per video, shrunk to a pixel budget."""
+"""Frames for the per-clip stages (captions, open_clip scores): a few frames per clip, decoded once per video,
+shrunk to a pixel budget."""
 
 from __future__ import annotations
 

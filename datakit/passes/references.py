@@ -1,11 +1,8 @@
-"""Reference faces per identity and view bin (the ``reference_views`` table), and the per-video choice of
-the candidate crops they are picked from.
+"""Reference faces per identity and view bin (the ``reference_views`` table), picked from the candidate
+crops that every video kept.
 
-**Per video** (:func:`offer_spread`, called by ``datakit.video.job`` for every face with a view bin): each
-track keeps, per view bin, up to ``crops_per_track_view`` candidate crops that are *spread in time*: the
-best crop, then the best one at least ``crop_min_gap_s`` away from every kept one, ... (not the best two
-neighbouring frames, which look alike). Crops are JPEG head crops (box grown 1.6x) of long side up to
-``crop_max_side`` (512 px, never upscaled) with the face box inside the crop and a 32x32 gray thumbnail.
+The candidates are chosen per video (:mod:`datakit.video.crops`: per track and view bin, a few crops spread
+in time); :func:`offer_spread` and :class:`CropCandidate` are re-exported here from there.
 
 **Global** (:func:`select_references`): candidates are the faces that have a crop, a view bin and a track
 linked to an identity. Within one (identity, view) they are ranked for *diversity first, then quality*:
@@ -30,16 +27,13 @@ context is *not* a duplicate; works for profiles, which have no embedding). See 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit.faces.quality import THUMB_SIDE
 from datakit.schema import PIPELINE_VERSION, REFERENCE_VIEWS, VIEWS
+from datakit.video.crops import CropCandidate, offer_spread
 
 __all__ = ["NEAR_DUPLICATE_NCC", "CropCandidate", "offer_spread", "select_references", "thumb_similarity"]
 
@@ -66,41 +60,6 @@ __all__ = ["NEAR_DUPLICATE_NCC", "CropCandidate", "offer_spread", "select_refere
 #: The median similarity of two faces of one track falls to 0.80 at ~2 s apart, hence ``crop_min_gap_s``
 #: = 2 s.
 NEAR_DUPLICATE_NCC = 0.80
-
-
-@dataclass(slots=True, eq=False)
-class CropCandidate:
-    """One kept candidate crop of a track in one view bin (per-video stage)."""
-
-    quality: float
-    t_s: float
-    no: int  # the face's row number in the video's scan
-    crop: Any  # datakit.faces.quality.HeadCrop
-
-
-def offer_spread(
-    pool: list[CropCandidate], k: int, min_gap_s: float, quality: float, t_s: float, no: int, make_crop: Callable
-) -> None:
-    """Offer one face (in time order) to a track's pool of candidate crops for one view bin.
-
-    The pool holds at most ``k`` crops, pairwise at least ``min_gap_s`` apart: a face closer than that to
-    a kept crop of at least its quality is dropped; one better than every close crop replaces them; a
-    face far from all is added, evicting the worst when the pool is full. ``make_crop()`` (the costly JPEG
-    encoding) is called only for a face that enters the pool. Deterministic for a given face order.
-    """
-    if k <= 0:
-        return
-    close = [c for c in pool if abs(c.t_s - t_s) < min_gap_s]
-    if any(c.quality >= quality for c in close):
-        return
-    if not close and len(pool) >= k and quality <= min(c.quality for c in pool):
-        return
-    for c in close:
-        pool.remove(c)
-    pool.append(CropCandidate(quality, t_s, no, make_crop()))
-    if len(pool) > k:
-        pool.remove(min(pool, key=lambda c: (c.quality, -c.no)))  # the worst; of equals, the latest
-    pool.sort(key=lambda c: c.t_s)
 
 
 def _thumb_vectors(thumbs: pa.Array | pa.ChunkedArray) -> np.ndarray:

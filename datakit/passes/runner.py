@@ -1,19 +1,34 @@
-"""The global passes over every video's output: identities, reference views, training samples.
+"""The global passes over every video's output, in the stage order of a build, declared here once:
 
-They run in the driver on Arrow tables: track embeddings are small (one vector per track), and the
+1. **identities**: track gates, identities linked across videos, reference views (``identity_pass``;
+   writes ``tracks``, ``identities``, ``reference_views``);
+2. **cheap clip filters**: the per-video clips with the filters over the per-video scan's scores
+   (:data:`datakit.clips.filters.CHEAP_FILTERS`); they decide which clips the models see;
+3. **captions**: a resumable per-clip stage over the clips kept so far (:mod:`datakit.clips.captions`);
+4. **model scores**: open_clip scores of those clips against their captions (:mod:`datakit.clips.scores`);
+5. **model-based filters**: ``low_aesthetic`` / ``low_clip_score`` (:data:`datakit.clips.filters.MODEL_FILTERS`);
+6. **samples**: training samples from the kept clips; ``clips`` and ``samples`` are written once, here.
+
+:func:`run_passes` is that order. Steps 3 and 4 need models and an executor (``pipelines`` runs them on
+Ray), so the caller hands them in as :data:`ClipStep` callables and this module stays pure; either may be
+left out (``datakit filter`` runs no model), and their stored results are attached all the same. The
+passes run in the driver on Arrow tables: track embeddings are small (one vector per track), and the
 identity linker's kNN graph is built in blocks, so memory stays proportional to the number of tracks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from datakit import schema
+from datakit.clips.base import kept_clips
 from datakit.clips.captions import attach_captions
-from datakit.clips.filters import apply_clip_filters
+from datakit.clips.filters import CHEAP_FILTERS, MODEL_FILTERS, apply_clip_filters
 from datakit.clips.scores import attach_clip_scores
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
@@ -23,12 +38,52 @@ from datakit.passes.references import select_references
 from datakit.passes.samples import build_samples
 from datakit.store import RunDir
 
+#: a resumable per-clip stage run by an executor: the kept clips in, its summary out (it commits its results
+#: to ``_stage/<stage>``, where the passes attach them from)
+ClipStep = Callable[[pa.Table], object]
 
-def run_global(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
-    """Every global pass in order: identities (gates, linking, references), then clips and samples."""
-    seconds = identity_pass(run, cfg, stack)
-    seconds.update(clip_pass(run, cfg))
-    return seconds
+
+@dataclass(slots=True)
+class PassResult:
+    """What :func:`run_passes` did: seconds per pass, and the summary each per-clip step returned."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, object] = field(default_factory=dict)  #: "captions" / "clip_scores" -> their summary
+
+
+def run_passes(
+    run: RunDir,
+    cfg: BuildConfig,
+    stack: FaceStack | None = None,
+    *,
+    captions: ClipStep | None = None,
+    scores: ClipStep | None = None,
+) -> PassResult:
+    """Every global pass in the stage order of the module docstring; writes ``clips`` and ``samples`` once.
+
+    ``stack``: the face stack of the build, for the identity passes; None keeps the run's identity tables
+    (``datakit caption`` / ``datakit filter`` on a finished run). ``captions`` / ``scores``: the per-clip
+    stages, run on the kept clips; None runs none (the stored results still reach ``clips``).
+    """
+    result = PassResult(seconds=identity_pass(run, cfg, stack) if stack is not None else {})  # 1. identities
+    t = time.perf_counter()
+    clips = run.read("clips", schema.CLIPS, stage=True)
+    clips = clips.take(pc.sort_indices(clips, [("clip_id", "ascending")]))
+    clips = apply_clip_filters(clips, cfg, CHEAP_FILTERS)  # 2. cheap clip filters
+    result.seconds["clip_filters"] = time.perf_counter() - t
+    if captions is not None:
+        result.steps["captions"] = captions(kept_clips(clips))  # 3. captions
+    clips = attach_captions(clips, run, cfg)  # from _stage/captions, latest per clip
+    if scores is not None:
+        result.steps["clip_scores"] = scores(kept_clips(clips))  # 4. model scores, against those captions
+    t = time.perf_counter()
+    clips = attach_clip_scores(clips, run, cfg)  # from _stage/clip_scores, when a scorer is configured
+    clips = apply_clip_filters(clips, cfg, MODEL_FILTERS, fresh=False)  # 5. model-based filters
+    result.seconds["model_filters"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_samples(run, cfg, clips)  # 6. samples
+    result.seconds["samples"] = time.perf_counter() - t
+    return result
 
 
 def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
@@ -70,30 +125,13 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
     return seconds
 
 
-def clip_pass(run: RunDir, cfg: BuildConfig) -> dict[str, float]:
-    """Complete the per-video clips (captions, scores, filters) and emit the training samples from the kept
-    clips; writes ``clips`` and ``samples``. Cheap: it needs no model (not even the embedding width), so it
-    runs again whenever filters or captions change."""
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    clips = run.read("clips", schema.CLIPS, stage=True)
-    clips = attach_captions(clips, run, cfg)  # datakit.clips.captions: from _stage/captions, latest per clip
-    clips = attach_clip_scores(clips, run, cfg)  # datakit.clips.scores: open_clip scores, when configured
-    tracks = run.read("tracks").drop_columns(["embedding"])  # samples need the links, not the vectors
+def write_samples(run: RunDir, cfg: BuildConfig, clips: pa.Table) -> None:
+    """Emit the training samples of the kept ``clips``; writes ``clips`` and ``samples``. Needs no model,
+    not even the embedding width: the samples need the tracks' links, not their vectors."""
+    tracks = run.read("tracks").drop_columns(["embedding"])
     linked = tracks.filter(pc.is_valid(tracks.column("identity_id")))
     refs = run.read("reference_views", schema.REFERENCE_VIEWS)
     videos = run.read("videos", schema.VIDEOS)
-    clips = clips.take(pc.sort_indices(clips, [("clip_id", "ascending")]))
-    seconds["clips"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    clips = apply_clip_filters(clips, cfg)  # drop_reason per clip (datakit.clips.filters); samples from kept clips
-    seconds["filters"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    kept = clips.filter(pc.is_null(clips.column("drop_reason")))
-    samples = build_samples(kept, linked, refs, videos, min_clip_s=cfg.min_sample_s)
-    seconds["samples"] = time.perf_counter() - t
+    samples = build_samples(kept_clips(clips), linked, refs, videos, min_clip_s=cfg.min_sample_s)
     run.replace_table("clips", clips)
     run.replace_table("samples", samples)
-    return seconds

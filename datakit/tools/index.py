@@ -61,10 +61,12 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
+        """``flat`` (exact) or ``hnsw`` (approximate)."""
         return self.meta["kind"]
 
     @property
     def ntotal(self) -> int:
+        """How many vectors the index holds."""
         return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,11 +85,13 @@ class VectorIndex:
         return sims, ids
 
     def save(self, folder: Path) -> None:
+        """Write ``vectors.faiss`` and ``meta.json`` into ``folder``."""
         _faiss().write_index(self.index, str(folder / "vectors.faiss"))
         (folder / "meta.json").write_text(json.dumps(self.meta, indent=2))
 
     @classmethod
     def load(cls, folder: Path) -> VectorIndex:
+        """The index that :meth:`save` wrote into ``folder``."""
         meta = json.loads((folder / "meta.json").read_text())
         return cls(_faiss().read_index(str(folder / "vectors.faiss")), meta)
 

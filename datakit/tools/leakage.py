@@ -32,11 +32,14 @@ class Leak:
     match: Match
 
     def to_dict(self) -> dict:
+        """JSON-able form: the benchmark face, where it is used, and the match."""
         return {"image": self.image, "face": self.face, "used_by": self.context, **self.match.to_dict()}
 
 
 @dataclass(slots=True)
 class LeakageReport:
+    """What :func:`check_leakage` found: the faces checked, the leaks, and what could not be checked."""
+
     threshold: float
     images: int = 0
     faces: int = 0
@@ -46,9 +49,11 @@ class LeakageReport:
 
     @property
     def leaked(self) -> bool:
+        """Whether any benchmark face matches the training data (``datakit leakage`` then exits 1)."""
         return bool(self.leaks)
 
     def to_dict(self) -> dict:
+        """JSON-able form, as ``datakit leakage --json`` prints it."""
         return {
             "threshold": self.threshold,
             "images": self.images,
@@ -60,6 +65,7 @@ class LeakageReport:
         }
 
     def format(self) -> str:
+        """The readable report of ``datakit leakage``."""
         lines = [f"checked {self.faces} face(s) in {self.images} image(s) at threshold {self.threshold:.3f}"]
         if self.no_face:
             lines.append(

@@ -2,10 +2,11 @@
 
 Python API::
 
-    from datakit.tools.query import open_index, search_photo
+    from datakit.tools.query import answer_queries, make_queries, open_index, search_photo
     index = open_index(["runs/a", "runs/b"])          # builds or reuses <run>/_index/ per run
     matches = index.search(embedding, k=10)            # min_score defaults to the embedder's threshold
     matches = search_photo(index, "obama.jpg")         # each face of the photo, with the runs' face stack
+    results = answer_queries(index, make_queries(index, identity="id_..."), k=5)   # what `datakit query` runs
 
 What is searched: per run, one vector per identity (its ``centroid``) and one per embedded track (its
 ``embedding``), so a face that fell outside every identity (a track dropped by a gate, whose
@@ -26,20 +27,20 @@ checked against the recorded stack name.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from datakit.passes.identities import embeddings_to_numpy
+from datakit.store import RunDir
 from datakit.tools.index import EXACT_MAX, INDEX_FORMAT, VectorIndex, build_vector_index, load_or_build
+from datakit.tools.matches import ClipRef, Match, attach_clips, group_hits
 
 if TYPE_CHECKING:
     from datakit.faces import FaceStack
@@ -50,8 +51,13 @@ __all__ = [
     "Index",
     "ManifestRun",
     "Match",
+    "Query",
     "QueryError",
+    "QueryResult",
+    "answer_queries",
+    "embedding_file_queries",
     "face_stack_for",
+    "make_queries",
     "open_index",
     "search_photo",
 ]
@@ -74,111 +80,53 @@ class QueryError(ValueError):
 class ManifestRun:
     """A run directory and what its run.json says about the embedding space."""
 
-    root: Path
+    dir: RunDir
     record: dict
 
     @classmethod
     def open(cls, root: str | Path) -> ManifestRun:
-        root = Path(root)
-        path = root / "run.json"
-        if not path.is_file():
-            raise QueryError(f"{root} is not a datakit run (no run.json); pass the --out folder of `datakit build`")
-        record = json.loads(path.read_text())
+        """The run in ``root`` (:class:`datakit.store.NotARunError` if it is none), which must record a face stack."""
+        run = RunDir.open(root)
+        record = run.record()
         if not record.get("face_stack"):
-            raise QueryError(f"{path} records no face stack")
-        return cls(root, record)
+            raise QueryError(f"{run.record_path} records no face stack")
+        return cls(run, record)
+
+    @property
+    def root(self) -> Path:
+        """The run folder."""
+        return self.dir.root
 
     @property
     def face_stack(self) -> dict:
+        """The face stack run.json records (name, embedder, embedding_dim, same_person_cosine, ...)."""
         return self.record["face_stack"]
 
     @property
     def embedder(self) -> tuple[str, int]:
+        """(embedder name, embedding dimension): runs can be searched together only when these agree."""
         return self.face_stack.get("embedder", "?"), int(self.face_stack.get("embedding_dim", 0))
 
     @property
     def same_person_cosine(self) -> float:
+        """The embedder's calibrated same-person threshold, as the run used it."""
         return float(self.face_stack["same_person_cosine"])
-
-    def files(self, table: str) -> list[Path]:
-        folder = self.root / table
-        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-
-    def dataset(self, table: str) -> ds.Dataset | None:
-        files = self.files(table)
-        return ds.dataset([str(p) for p in files], format="parquet") if files else None
 
     def content_key(self) -> str:
         """Digest of what the index is built from: pipeline version and the identities/tracks files."""
         h = hashlib.sha1()
         h.update(f"{INDEX_FORMAT}|{self.record.get('pipeline_version')}|{self.embedder}".encode())
         for table in ("identities", "tracks"):
-            for p in self.files(table):
+            for p in self.dir.files(table):
                 st = p.stat()
                 h.update(f"|{table}/{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()
 
 
-@dataclass(slots=True)
-class ClipRef:
-    """A clip in which a match appears."""
-
-    clip_id: str
-    video_id: str
-    video_path: str  # relative to the run's source folder (run.json config.src)
-    start_s: float
-    end_s: float
-    track_ids: list[str]
-    caption: str | None = None
-    drop_reason: str | None = None  # the clip filter that dropped the clip, if any
-
-    def to_dict(self) -> dict:
-        return {
-            "clip_id": self.clip_id,
-            "video_id": self.video_id,
-            "video_path": self.video_path,
-            "start_s": round(self.start_s, 3),
-            "end_s": round(self.end_s, 3),
-            "track_ids": self.track_ids,
-            "caption": self.caption,
-            "drop_reason": self.drop_reason,
-        }
-
-
-@dataclass(slots=True)
-class Match:
-    """One identity (or one track outside every identity) that matches a query."""
-
-    identity_id: str | None
-    score: float
-    run: str
-    kind: str  # "identity", or "track" for a track outside every identity
-    track_id: str | None  # the best-matching track (the track itself when kind == "track")
-    num_clips: int = 0
-    num_videos: int = 0
-    views: list[str] = field(default_factory=list)
-    clips: list[ClipRef] = field(default_factory=list)
-    track_drop_reason: str | None = None
-    query: dict | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "identity_id": self.identity_id,
-            "score": round(self.score, 4),
-            "kind": self.kind,
-            "track_id": self.track_id,
-            "track_drop_reason": self.track_drop_reason,
-            "run": self.run,
-            "num_clips": self.num_clips,
-            "num_videos": self.num_videos,
-            "views": self.views,
-            "clips": [c.to_dict() for c in self.clips],
-            "query": self.query,
-        }
-
-
 @dataclass
 class _RunIndex:
+    """One run's searchable vectors and, per vector, which identity or track it is."""
+
     run: ManifestRun
     vectors: VectorIndex
     rows: pa.Table  # ROWS, one per vector
@@ -189,7 +137,7 @@ class _RunIndex:
 def _index_vectors(run: ManifestRun, dim: int) -> tuple[np.ndarray, pa.Table]:
     """The vectors of one run (identity centroids, then track embeddings) and their rows."""
     parts, rows = [], []
-    ident = run.dataset("identities")
+    ident = run.dir.dataset("identities")
     if ident is not None:
         t = ident.to_table(columns=["identity_id", "centroid"])
         x, valid = embeddings_to_numpy(t.column("centroid"), dim)
@@ -206,7 +154,7 @@ def _index_vectors(run: ManifestRun, dim: int) -> tuple[np.ndarray, pa.Table]:
                 schema=ROWS,
             )
         )
-    tracks = run.dataset("tracks")
+    tracks = run.dir.dataset("tracks")
     if tracks is not None:
         t = tracks.to_table(columns=["track_id", "identity_id", "embedding"])
         x, valid = embeddings_to_numpy(t.column("embedding"), dim)
@@ -252,6 +200,7 @@ class Index:
 
     @property
     def runs(self) -> list[ManifestRun]:
+        """The searched runs, in the order given."""
         return [p.run for p in self.parts]
 
     def describe(self) -> list[dict]:
@@ -276,7 +225,7 @@ class Index:
     def identity_embedding(self, identity_id: str) -> np.ndarray:
         """The centroid of ``identity_id`` (from the first run holding it)."""
         for part in self.parts:
-            dset = part.run.dataset("identities")
+            dset = part.run.dir.dataset("identities")
             if dset is None:
                 continue
             t = dset.to_table(columns=["identity_id", "centroid"], filter=pc.field("identity_id") == identity_id)
@@ -311,7 +260,7 @@ class Index:
         for part in self.parts:
             mine = [m for m in found if m.run == str(part.run.root)]
             if mine:
-                _attach_clips(part.run, mine)
+                attach_clips(part.run.dir, mine)
         return found
 
     def best_score(self, embedding: np.ndarray) -> Match | None:
@@ -329,7 +278,7 @@ class Index:
             sims, ids = sims[0], ids[0]
             ok = ids >= 0
             sims, ids = sims[ok], ids[ok]
-            groups = _group(part.rows, ids, sims)
+            groups = group_hits(part.rows, ids, sims)
             enough = sum(1 for g in groups.values() if g[0] >= min_score) >= k
             if enough or k_search >= total or (len(sims) and sims[-1] < min_score):
                 break
@@ -348,102 +297,6 @@ class Index:
                 )
             )
         return out
-
-
-def _group(rows: pa.Table, ids: np.ndarray, sims: np.ndarray) -> dict[tuple[str, str], tuple[float, str | None]]:
-    """Hits grouped by identity (or by track for a track outside every identity): best score, best track."""
-    hit = rows.take(pa.array(ids, pa.int64()))
-    kinds = hit.column("kind").to_pylist()
-    idents = hit.column("identity_id").to_pylist()
-    tracks = hit.column("track_id").to_pylist()
-    groups: dict[tuple[str, str], tuple[float, str | None]] = {}
-    for kind, ident, track, s in zip(kinds, idents, tracks, sims.tolist(), strict=True):  # best first
-        key = ("identity", ident) if ident is not None else ("track", track)
-        best, best_track = groups.get(key, (s, None))
-        if kind == "track" and best_track is None:
-            best_track = track
-        groups[key] = (max(best, s), best_track)
-    return groups
-
-
-def _attach_clips(run: ManifestRun, matches: list[Match]) -> None:
-    """Fill clips, counts and views of ``matches`` with filtered pyarrow reads and joins."""
-    ident_ids = [m.identity_id for m in matches if m.identity_id is not None]
-    orphan_ids = [m.track_id for m in matches if m.identity_id is None and m.track_id]
-    tracks_ds = run.dataset("tracks")
-    if tracks_ds is None:
-        return
-    cond = None
-    if ident_ids:
-        cond = pc.field("identity_id").isin(ident_ids)
-    if orphan_ids:
-        c2 = pc.field("track_id").isin(orphan_ids)
-        cond = c2 if cond is None else (cond | c2)
-    tracks = tracks_ds.to_table(
-        columns=["track_id", "clip_id", "video_id", "identity_id", "drop_reason", "views"], filter=cond
-    )
-    clip_ids = pc.unique(tracks.column("clip_id"))
-    clips_ds, videos_ds = run.dataset("clips"), run.dataset("videos")
-    clips = (
-        clips_ds.to_table(
-            columns=["clip_id", "start_s", "end_s", "caption", "drop_reason"], filter=pc.field("clip_id").isin(clip_ids)
-        )
-        if clips_ds is not None
-        else pa.table({"clip_id": pa.array([], pa.string())})
-    ).rename_columns(["clip_id", "start_s", "end_s", "caption", "clip_drop_reason"])
-    videos = (
-        videos_ds.to_table(
-            columns=["video_id", "path"], filter=pc.field("video_id").isin(pc.unique(tracks["video_id"]))
-        )
-        if videos_ds is not None
-        else pa.table({"video_id": pa.array([], pa.string()), "path": pa.array([], pa.string())})
-    )
-    views_of = dict(zip(tracks["track_id"].to_pylist(), tracks["views"].to_pylist(), strict=True))  # matched only
-    joined = tracks.drop_columns(["views"]).join(clips, "clip_id", join_type="left outer")
-    joined = joined.join(videos, "video_id", join_type="left outer")
-    joined = joined.sort_by([("video_id", "ascending"), ("start_s", "ascending"), ("track_id", "ascending")])
-
-    by_key: dict[tuple[str, str], dict[str, ClipRef]] = {}
-    drop_of: dict[str, str | None] = {}
-    for r in joined.to_pylist():  # only the matched identities' tracks
-        key = ("identity", r["identity_id"]) if r["identity_id"] is not None else ("track", r["track_id"])
-        clips_of = by_key.setdefault(key, {})
-        ref = clips_of.get(r["clip_id"])
-        if ref is None:
-            start = r["start_s"] if r["start_s"] is not None else float("nan")
-            end = r["end_s"] if r["end_s"] is not None else float("nan")
-            ref = clips_of[r["clip_id"]] = ClipRef(
-                clip_id=r["clip_id"],
-                video_id=r["video_id"],
-                video_path=r["path"] or "",
-                start_s=start,
-                end_s=end,
-                track_ids=[],
-                caption=r["caption"],
-                drop_reason=r["clip_drop_reason"],
-            )
-        ref.track_ids.append(r["track_id"])
-        drop_of[r["track_id"]] = r["drop_reason"]
-
-    idents = run.dataset("identities")
-    info = {}
-    if ident_ids and idents is not None:
-        t = idents.to_table(
-            columns=["identity_id", "num_clips", "num_videos", "views"], filter=pc.field("identity_id").isin(ident_ids)
-        )
-        info = {r["identity_id"]: r for r in t.to_pylist()}
-    for m in matches:
-        key = ("identity", m.identity_id) if m.identity_id is not None else ("track", m.track_id)
-        m.clips = list(by_key.get(key, {}).values())
-        if m.identity_id is not None and m.identity_id in info:
-            row = info[m.identity_id]
-            m.num_clips, m.num_videos, m.views = row["num_clips"], row["num_videos"], list(row["views"] or [])
-        else:
-            m.num_clips = len(m.clips)
-            m.num_videos = len({c.video_id for c in m.clips})
-            m.views = list(views_of.get(m.track_id or "") or [])
-        if m.track_id is not None:
-            m.track_drop_reason = drop_of.get(m.track_id)
 
 
 def open_index(
@@ -530,6 +383,74 @@ def embed_query_photo(
     return embed_photo(photo, stack, face=face)
 
 
+#: one query: what it is (JSON-able: {image, face, ...} | {identity_id} | {embedding, row}) and its
+#: embedding (None for a face of a photo that the embedder could not embed)
+Query = tuple[dict, np.ndarray | None]
+
+
+@dataclass(slots=True)
+class QueryResult:
+    """One query and what it found."""
+
+    query: dict  # what was asked (the ``Query`` description); also each match's ``query``
+    matches: list[Match]  # score >= min_score, best first
+    best: Match | None = None  # no match: the best candidate below min_score (how far off the miss is)
+    problem: str | None = None  # why the query could not run (a face the embedder could not embed)
+
+
+def make_queries(
+    index: Index,
+    *,
+    image: str | Path | None = None,
+    identity: str | None = None,
+    embedding: str | Path | None = None,
+    face: int | None = None,
+    stack: FaceStack | None = None,
+    **stack_kwargs,
+) -> list[Query]:
+    """The queries of exactly one of: every face of photo ``image`` (or face ``face``, 0 = leftmost, embedded
+    with the runs' face stack; ``stack_kwargs`` as for :func:`face_stack_for`), the centroid of identity
+    ``identity``, or each row of the ``.npy`` file ``embedding``."""
+    if sum(x is not None for x in (image, identity, embedding)) != 1:
+        raise QueryError("give exactly one of image, identity, embedding")
+    if image is not None:
+        faces = embed_query_photo(index, image, face=face, stack=stack, **stack_kwargs)
+        return [(pf.describe(), pf.embedding) for pf in faces]
+    if identity is not None:
+        return [({"identity_id": identity}, index.identity_embedding(identity))]
+    return embedding_file_queries(embedding)
+
+
+def embedding_file_queries(path: str | Path) -> list[Query]:
+    """One query per row of a ``.npy`` file holding one ``(D,)`` embedding or ``(N, D)`` embeddings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding file {path} does not exist")
+    arr = np.atleast_2d(np.asarray(np.load(path, allow_pickle=False), np.float32))
+    if arr.ndim != 2:
+        raise QueryError(f"{path}: expected a (D,) or (N, D) array, got shape {arr.shape}")
+    return [({"embedding": str(path), "row": i}, row) for i, row in enumerate(arr)]
+
+
+def answer_queries(
+    index: Index, queries: Sequence[Query], *, k: int = 10, min_score: float | None = None
+) -> list[QueryResult]:
+    """Search each query: its ``k`` best matches with score >= ``min_score`` (default: the embedder's
+    ``same_person_cosine``), each match's ``query`` set; a query without a match gets its best candidate."""
+    if k < 1:
+        raise QueryError("k must be at least 1")
+    results = []
+    for desc, emb in queries:
+        if emb is None:
+            results.append(QueryResult(desc, [], problem="the embedder could not embed this face"))
+            continue
+        got = index.search(emb, k=k, min_score=min_score)
+        for m in got:
+            m.query = desc
+        results.append(QueryResult(desc, got, best=None if got else index.best_score(emb)))
+    return results
+
+
 def search_photo(
     index: Index,
     photo: str | Path,
@@ -543,12 +464,8 @@ def search_photo(
     """Matches of every face of ``photo`` (or of face ``face``, 0 = leftmost), best first; each match's
     ``query`` says which face it answers. Raises :class:`datakit.tools.photos.NoFaceError` for a photo without
     a face. ``stack_kwargs``: ``models_dir`` / ``insightface_pack`` overrides for :func:`face_stack_for`."""
-    out: list[Match] = []
-    for pf in embed_query_photo(index, photo, face=face, stack=stack, **stack_kwargs):
-        if pf.embedding is None:
-            continue
-        for m in index.search(pf.embedding, k=k, min_score=min_score):
-            m.query = pf.describe()
-            out.append(m)
+    queries = make_queries(index, image=photo, face=face, stack=stack, **stack_kwargs)
+    results = answer_queries(index, [q for q in queries if q[1] is not None], k=k, min_score=min_score)
+    out = [m for r in results for m in r.matches]
     out.sort(key=lambda m: (-m.score, m.query["face"] if m.query else 0))
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from datakit.schema import VIEWS
+from datakit.store import RunDir
 
 __all__ = ["ReportResult", "build_report"]
 
@@ -61,19 +60,6 @@ class ReportResult:
     num_crops: int
 
 
-def _dataset(run: Path, table: str) -> ds.Dataset | None:
-    files = sorted((run / table).glob("*.parquet")) if (run / table).is_dir() else []
-    return ds.dataset([str(p) for p in files], format="parquet") if files else None
-
-
-def _table(run: Path, table: str, columns: list[str], filter=None) -> pa.Table | None:
-    dset = _dataset(run, table)
-    if dset is None:
-        return None
-    columns = [c for c in columns if c in dset.schema.names]
-    return dset.to_table(columns=columns, filter=filter)
-
-
 def _e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
@@ -87,12 +73,12 @@ def _counts(column: pa.ChunkedArray | None) -> list[tuple[str, int]]:
     return sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
 
 
-def _write_thumbs(run: Path, out: Path) -> dict[tuple[str, str], dict]:
+def _write_thumbs(run: RunDir, out: Path) -> dict[tuple[str, str], dict]:
     """The rank-0 reference crop of every (identity, view), written as a thumbnail; returns its cell data."""
     from PIL import Image
 
     cells: dict[tuple[str, str], dict] = {}
-    dset = _dataset(run, "reference_views")
+    dset = run.dataset("reference_views")
     if dset is None:
         return cells
     crops = out / "crops"
@@ -122,14 +108,14 @@ def _write_thumbs(run: Path, out: Path) -> dict[tuple[str, str], dict]:
     return cells
 
 
-def _clips_by_identity(run: Path) -> dict[str, list[dict]]:
+def _clips_by_identity(run: RunDir) -> dict[str, list[dict]]:
     """identity_id -> its clips (time range, video path, caption, drop reason), by video and time."""
-    tracks = _table(run, "tracks", ["identity_id", "clip_id", "video_id"], filter=pc.field("identity_id").is_valid())
+    tracks = run.scan("tracks", ["identity_id", "clip_id", "video_id"], filter=pc.field("identity_id").is_valid())
     if tracks is None or tracks.num_rows == 0:
         return {}
     pairs = tracks.group_by(["identity_id", "clip_id", "video_id"]).aggregate([])
-    clips = _table(run, "clips", ["clip_id", "start_s", "end_s", "caption", "drop_reason"])
-    videos = _table(run, "videos", ["video_id", "path"])
+    clips = run.scan("clips", ["clip_id", "start_s", "end_s", "caption", "drop_reason"])
+    videos = run.scan("videos", ["video_id", "path"])
     if clips is not None:
         pairs = pairs.join(clips, "clip_id", join_type="left outer")
     if videos is not None:
@@ -238,106 +224,122 @@ def _pager(page: int, pages: int, names: list[str]) -> str:
 def build_report(
     run: str | Path, out: str | Path, *, page_size: int = PAGE_SIZE, max_clips: int = MAX_CLIPS
 ) -> ReportResult:
-    """Write the HTML report of ``run`` into ``out`` (created); returns where its pages are."""
-    run, out = Path(run), Path(out)
-    if not (run / "run.json").is_file():
-        raise FileNotFoundError(f"{run} is not a datakit run (no run.json)")
+    """Write the HTML report of ``run`` into ``out`` (created); returns where its pages are.
+
+    Raises :class:`datakit.store.NotARunError` when ``run`` is not a run folder."""
+    rundir, out = RunDir.open(run), Path(out)
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
-    record = json.loads((run / "run.json").read_text())
+    record = rundir.record()
     out.mkdir(parents=True, exist_ok=True)
-    cells = _write_thumbs(run, out)
-    clips = _clips_by_identity(run)
+    cells = _write_thumbs(rundir, out)
+    clips = _clips_by_identity(rundir)
+    idents = _identities(rundir)
+    summary_html = _summary_html(rundir, record, num_identities=len(idents))
+    rows = [_identity_row(i, cells, clips.get(i["identity_id"], []), max_clips) for i in idents]
+    paths = _write_pages(out, rundir.root.name, summary_html, rows, page_size)
+    return ReportResult(index=paths[0], pages=paths, num_identities=len(idents), num_crops=len(cells))
 
-    ident_t = _table(run, "identities", ["identity_id", "num_tracks", "num_clips", "num_videos", "num_faces", "views"])
-    idents = []
-    if ident_t is not None and ident_t.num_rows:
-        ident_t = ident_t.sort_by(
-            [("num_clips", "descending"), ("num_faces", "descending"), ("identity_id", "ascending")]
-        )
-        idents = ident_t.to_pylist()
 
-    # Summary block.
+def _identities(run: RunDir) -> list[dict]:
+    """The identities with their counts, most clips first (then faces, then id)."""
+    table = run.scan("identities", ["identity_id", "num_tracks", "num_clips", "num_videos", "num_faces", "views"])
+    if table is None or not table.num_rows:
+        return []
+    order = [("num_clips", "descending"), ("num_faces", "descending"), ("identity_id", "ascending")]
+    return table.sort_by(order).to_pylist()
+
+
+def _summary_counts(run: RunDir, record: dict, tables: dict[str, pa.Table | None], num_identities: int) -> list:
+    """The summary table's rows: counts from run.json's summary, else counted from the tables."""
     summary = record.get("summary") or {}
-    stack = record.get("face_stack") or {}
-    tracks_t = _table(run, "tracks", ["drop_reason"])
-    clips_t = _table(run, "clips", ["drop_reason"])
-    faces_t = _table(run, "faces", ["yaw_deg"])
-    errors_t = _table(run, "errors", ["stage", "item", "error_type", "message"])
-    counts = [
-        ("videos", sum((summary.get("videos") or {}).values()) if summary else _n(run, "videos")),
-        ("video status", ", ".join(f"{k} {v}" for k, v in sorted((summary.get("videos") or {}).items())) or "-"),
-        ("clips", summary.get("num_clips", clips_t.num_rows if clips_t is not None else 0)),
-        ("faces", summary.get("num_faces", faces_t.num_rows if faces_t is not None else 0)),
-        ("tracks", summary.get("num_tracks", tracks_t.num_rows if tracks_t is not None else 0)),
-        ("identities", summary.get("num_identities", len(idents))),
+    videos = summary.get("videos") or {}
+
+    def rows_of(name: str) -> int:
+        return tables[name].num_rows if tables[name] is not None else 0
+
+    return [
+        ("videos", sum(videos.values()) if summary else run.count_rows("videos")),
+        ("video status", ", ".join(f"{k} {v}" for k, v in sorted(videos.items())) or "-"),
+        ("clips", summary.get("num_clips", rows_of("clips"))),
+        ("faces", summary.get("num_faces", rows_of("faces"))),
+        ("tracks", summary.get("num_tracks", rows_of("tracks"))),
+        ("identities", summary.get("num_identities", num_identities)),
         ("identities in several videos", summary.get("num_multi_video_identities", "-")),
         ("reference views", summary.get("num_reference_views", "-")),
         ("samples", summary.get("num_samples", "-")),
-        ("errors", summary.get("num_errors", errors_t.num_rows if errors_t is not None else 0)),
-        ("face stack", stack.get("name", "-")),
+        ("errors", summary.get("num_errors", rows_of("errors"))),
+        ("face stack", (record.get("face_stack") or {}).get("name", "-")),
         ("pipeline version", record.get("pipeline_version", "-")),
     ]
+
+
+def _errors_html(errors: pa.Table | None) -> str:
+    """The errors table (its first ``MAX_ERRORS`` rows), or a line saying there are none."""
+    if errors is None or not errors.num_rows:
+        return '<p class="muted">no errors</p>'
+    rows = "".join(
+        f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['item'])}</td><td>{_e(r['error_type'])}</td>"
+        f"<td>{_e(r['message'])}</td></tr>"
+        for r in errors.slice(0, MAX_ERRORS).to_pylist()
+    )
+    if errors.num_rows > MAX_ERRORS:
+        rows += f"<tr><td colspan='4' class='muted'>+{errors.num_rows - MAX_ERRORS} more</td></tr>"
+    return f"<table><tr><th>stage</th><th>item</th><th>error_type</th><th>message</th></tr>{rows}</table>"
+
+
+def _summary_html(run: RunDir, record: dict, *, num_identities: int) -> str:
+    """The top of the first page: title, summary counts, yaw histogram, drop reasons, errors."""
+    tables = {
+        "tracks": run.scan("tracks", ["drop_reason"]),
+        "clips": run.scan("clips", ["drop_reason"]),
+        "faces": run.scan("faces", ["yaw_deg"]),
+        "errors": run.scan("errors", ["stage", "item", "error_type", "message"]),
+    }
+    counts = _summary_counts(run, record, tables, num_identities)
     bins = (record.get("config") or {}).get("view_bins") or {}
-    yaws = faces_t.column("yaw_deg").drop_null().to_numpy() if faces_t is not None else np.zeros(0)
+    faces = tables["faces"]
+    yaws = faces.column("yaw_deg").drop_null().to_numpy() if faces is not None else np.zeros(0)
     svg = _yaw_svg(
         np.asarray(yaws, np.float64), float(bins.get("frontal_max_deg", 20)), float(bins.get("profile_min_deg", 60))
     )
-    err_rows = ""
-    if errors_t is not None and errors_t.num_rows:
-        rows = errors_t.slice(0, MAX_ERRORS).to_pylist()
-        err_rows = "".join(
-            f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['item'])}</td><td>{_e(r['error_type'])}</td>"
-            f"<td>{_e(r['message'])}</td></tr>"
-            for r in rows
-        )
-        if errors_t.num_rows > MAX_ERRORS:
-            err_rows += f"<tr><td colspan='4' class='muted'>+{errors_t.num_rows - MAX_ERRORS} more</td></tr>"
-    errors_html = (
-        f"<table><tr><th>stage</th><th>item</th><th>error_type</th><th>message</th></tr>{err_rows}</table>"
-        if err_rows
-        else '<p class="muted">no errors</p>'
-    )
-    track_drops = _kv_table(_counts(_col(tracks_t, "drop_reason")), ("drop_reason", "tracks"))
-    clip_drops = _kv_table(_counts(_col(clips_t, "drop_reason")), ("drop_reason", "clips"))
-    summary_html = (
-        f"<h1>datakit report: {_e(run.name)}</h1><p class='muted'>{_e(record.get('updated_at', ''))} "
+    track_drops = _kv_table(_counts(_col(tables["tracks"], "drop_reason")), ("drop_reason", "tracks"))
+    clip_drops = _kv_table(_counts(_col(tables["clips"], "drop_reason")), ("drop_reason", "clips"))
+    return (
+        f"<h1>datakit report: {_e(run.root.name)}</h1><p class='muted'>{_e(record.get('updated_at', ''))} "
         f"&middot; state {_e(record.get('state', '?'))}</p>"
         f"<div class='grid'><div><h2>Summary</h2>{_kv_table(counts, ('what', 'count'))}</div>"
         f"<div><h2>Face yaw (all detected faces)</h2>{svg}</div>"
         f"<div><h2>Track drop reasons</h2>{track_drops}</div>"
         f"<div><h2>Clip drop reasons</h2>{clip_drops}</div>"
-        f"</div><h2>Errors</h2>{errors_html}"
+        f"</div><h2>Errors</h2>{_errors_html(tables['errors'])}"
     )
 
-    # Identity pages.
-    n_pages = max((len(idents) + page_size - 1) // page_size, 1)
+
+def _write_pages(out: Path, title: str, summary_html: str, rows: list[str], page_size: int) -> list[Path]:
+    """The identity rows in pages of ``page_size`` (the summary on the first), each written atomically."""
+    n_pages = max((len(rows) + page_size - 1) // page_size, 1)
     names = ["index.html", *[f"identities-{i + 1:04d}.html" for i in range(1, n_pages)]]
     head = "<tr><th>identity</th>" + "".join(f"<th>{v}</th>" for v in VIEWS) + "<th>clips</th></tr>"
     paths = []
     for page in range(n_pages):
-        chunk = idents[page * page_size : (page + 1) * page_size]
-        rows = "".join(_identity_row(i, cells, clips.get(i["identity_id"], []), max_clips) for i in chunk)
+        chunk = rows[page * page_size : (page + 1) * page_size]
         first = page * page_size + 1
+        pager = _pager(page, n_pages, names)
         table = (
-            f"<h2>Identities {first}-{first + len(chunk) - 1} of {len(idents)}</h2>{_pager(page, n_pages, names)}"
-            f"<table class='identities'>{head}{rows}</table>{_pager(page, n_pages, names)}"
-            if idents
+            f"<h2>Identities {first}-{first + len(chunk) - 1} of {len(rows)}</h2>{pager}"
+            f"<table class='identities'>{head}{''.join(chunk)}</table>{pager}"
+            if rows
             else "<h2>Identities</h2><p class='muted'>no identities</p>"
         )
         top = summary_html if page == 0 else "<p><a href='index.html'>summary</a></p>"
         path = out / names[page]
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(_page(f"datakit report: {run.name}", top + table), encoding="utf-8")
+        tmp.write_text(_page(f"datakit report: {title}", top + table), encoding="utf-8")
         os.replace(tmp, path)
         paths.append(path)
-    return ReportResult(index=paths[0], pages=paths, num_identities=len(idents), num_crops=len(cells))
+    return paths
 
 
 def _col(table: pa.Table | None, name: str) -> pa.ChunkedArray | None:
     return table.column(name) if table is not None and name in table.column_names else None
-
-
-def _n(run: Path, table: str) -> int:
-    dset = _dataset(run, table)
-    return dset.count_rows() if dset is not None else 0

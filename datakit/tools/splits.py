@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from datakit.schema import PIPELINE_VERSION, SPLITS
+from datakit.store import RunDir
 
 __all__ = ["SplitResult", "assign_splits", "read_identity_file", "split_run"]
 
@@ -44,6 +44,7 @@ class SplitResult:
     counts: dict[str, int] = field(default_factory=dict)
 
     def format(self) -> str:
+        """The counts as ``datakit split`` prints them."""
         c = self.counts
         where = f" -> {self.path}" if self.path else ""
         return (
@@ -55,6 +56,8 @@ class SplitResult:
 
 
 class _Groups:
+    """Union-find over identity ids: people seen together in a sample end up in one group."""
+
     def __init__(self, items: list[str]) -> None:
         self.parent = {i: i for i in items}
 
@@ -139,11 +142,6 @@ def read_identity_file(path: str | Path) -> list[str]:
     return [ln.split("#", 1)[0].strip() for ln in text.splitlines() if ln.split("#", 1)[0].strip()]
 
 
-def _read(run: Path, table: str, columns: list[str]) -> pa.Table | None:
-    files = sorted((run / table).glob("*.parquet")) if (run / table).is_dir() else []
-    return ds.dataset([str(p) for p in files], format="parquet").to_table(columns=columns) if files else None
-
-
 def split_run(
     run: str | Path,
     *,
@@ -152,48 +150,74 @@ def split_run(
     eval_identities: Iterable[str] = (),
     write: bool = True,
 ) -> SplitResult:
-    """Assign the identities and samples of ``run`` to train/eval; write ``<run>/splits/`` unless ``write=False``."""
-    run = Path(run)
-    if not (run / "run.json").is_file():
-        raise FileNotFoundError(f"{run} is not a datakit run (no run.json)")
-    ident = _read(run, "identities", ["identity_id"])
+    """Assign the identities and samples of ``run`` to train/eval; write ``<run>/splits/`` unless ``write=False``.
+
+    Raises :class:`datakit.store.NotARunError` when ``run`` is not a run folder."""
+    rundir = RunDir.open(run)
+    ident = rundir.scan("identities", ["identity_id"])
     ids = ident.column("identity_id").to_pylist() if ident is not None else []
-    samples_t = _read(run, "samples", ["sample_id", "identities"])
-    samples: list[tuple[str, list[str]]] = []
-    if samples_t is not None:
-        people = pc.list_flatten(samples_t.column("identities")).combine_chunks() if samples_t.num_rows else None
-        lengths = pc.list_value_length(samples_t.column("identities")).to_numpy(zero_copy_only=False)
-        flat = people.field("identity_id").to_pylist() if people is not None else []
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
-        for j, sid in enumerate(samples_t.column("sample_id").to_pylist()):
-            samples.append((sid, flat[offsets[j] : offsets[j + 1]]))
+    samples = _sample_people(rundir)
     split, sample_split, reason = assign_splits(
         ids, samples, eval_fraction=eval_fraction, seed=seed, eval_identities=eval_identities
     )
-    kinds, items, splits, people_col, reasons = [], [], [], [], []
-    for i in sorted(split):
-        kinds.append("identity"), items.append(i), splits.append(split[i]), people_col.append([i])
-        reasons.append(reason[i])
+    result = SplitResult(
+        {k: split[k] for k in sorted(split)},
+        {k: v[0] for k, v in sample_split.items()},
+        _splits_table(split, reason, samples, sample_split, seed=seed, eval_fraction=eval_fraction),
+        counts=_split_counts(split, reason, sample_split),
+    )
+    if write:
+        rundir.replace_table("splits", result.table)
+        result.path = rundir.root / "splits"
+    return result
+
+
+def _sample_people(run: RunDir) -> list[tuple[str, list[str]]]:
+    """(sample_id, identity ids of its people) for every sample of the run, in table order."""
+    table = run.scan("samples", ["sample_id", "identities"])
+    if table is None:
+        return []
+    people = pc.list_flatten(table.column("identities")).combine_chunks() if table.num_rows else None
+    lengths = pc.list_value_length(table.column("identities")).to_numpy(zero_copy_only=False)
+    flat = people.field("identity_id").to_pylist() if people is not None else []
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    return [(sid, flat[offsets[j] : offsets[j + 1]]) for j, sid in enumerate(table.column("sample_id").to_pylist())]
+
+
+def _splits_table(
+    split: dict[str, str],
+    reason: dict[str, str],
+    samples: list[tuple[str, list[str]]],
+    sample_split: dict[str, tuple[str, str | None]],
+    *,
+    seed: int,
+    eval_fraction: float,
+) -> pa.Table:
+    """The SPLITS rows: one per identity (sorted by id), then one per sample (in table order)."""
+    rows = [("identity", i, split[i], [i], reason[i]) for i in sorted(split)]
     for sid, people in samples:
-        s, why = sample_split[sid]
-        kinds.append("sample"), items.append(sid), splits.append(s), people_col.append(sorted(set(people)))
-        reasons.append(why)
-    n = len(kinds)
-    table = pa.table(
+        side, why = sample_split[sid]
+        rows.append(("sample", sid, side, sorted(set(people)), why))
+    names = ("kind", "item_id", "split", "identity_ids", "reason")
+    columns = {name: [row[j] for row in rows] for j, name in enumerate(names)}
+    n = len(rows)
+    return pa.table(
         {
-            "kind": kinds,
-            "item_id": items,
-            "split": splits,
-            "identity_ids": people_col,
-            "reason": reasons,
+            **columns,
             "seed": [int(seed)] * n,
             "eval_fraction": [float(eval_fraction)] * n,
             "pipeline_version": [PIPELINE_VERSION] * n,
         }
     ).cast(SPLITS)
+
+
+def _split_counts(
+    split: dict[str, str], reason: dict[str, str], sample_split: dict[str, tuple[str, str | None]]
+) -> dict[str, int]:
+    """The counts ``datakit split`` prints."""
     ic = Counter(split.values())
     sc = Counter(s for s, _ in sample_split.values())
-    counts = {
+    return {
         "identities_train": ic.get("train", 0),
         "identities_eval": ic.get("eval", 0),
         "identities_forced": sum(1 for r in reason.values() if r == "forced"),
@@ -201,12 +225,3 @@ def split_run(
         "samples_eval": sc.get("eval", 0),
         "samples_excluded": sc.get("excluded", 0),
     }
-    result = SplitResult(
-        {k: split[k] for k in sorted(split)}, {k: v[0] for k, v in sample_split.items()}, table, counts=counts
-    )
-    if write:
-        from datakit.store import RunDir
-
-        RunDir(run).replace_table("splits", table)
-        result.path = run / "splits"
-    return result

@@ -1,2 +1,3 @@
 """Per-video steps: discovery, decoding, shots, long-video segments, face tracking, the clip quality scan,
-and the per-video job that runs them and returns one video's rows (:mod:`datakit.video.job`)."""
+reference candidates per track (:mod:`~datakit.video.crops`), and the per-video job that runs them
+(:mod:`~datakit.video.job`) and turns what it saw into one video's Arrow rows (:mod:`~datakit.video.rows`)."""

@@ -132,3 +132,16 @@ def discover(src: Path) -> list[SourceFile]:
                     problem = f"{type(exc).__name__}: {why or exc}"
                     found.append(SourceFile(path, rel, path_id(rel), -1, "unreadable", problem))
     return found
+
+
+def dedupe(sources: list[SourceFile]) -> tuple[list[SourceFile], list[tuple[SourceFile, SourceFile]]]:
+    """The files to process (the first of each content id), and every byte-identical copy paired with the
+    file processed in its place."""
+    first: dict[str, SourceFile] = {}
+    copies: list[tuple[SourceFile, SourceFile]] = []
+    for s in sources:
+        if s.video_id in first:
+            copies.append((s, first[s.video_id]))
+        else:
+            first[s.video_id] = s
+    return list(first.values()), copies

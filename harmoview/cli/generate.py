@@ -11,11 +11,12 @@ their estimated yaw (`harmoview.photo_refs`); `VIEW:PHOTO` chooses the slot by h
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from harmoview.cli.common import add_encoder_flags, add_models_dir_flag, add_quiet_flag, api_default, encoder_paths
 from harmoview.model.config import VIEW_SLOTS
-from harmoview.pipeline import SAMPLERS
+from harmoview.pipeline import HarmoViewPipeline
+from harmoview.sampling import SAMPLERS
 
 
 class _RefAction(argparse.Action):
@@ -31,10 +32,49 @@ class _RefAction(argparse.Action):
         setattr(namespace, self.dest, groups)
 
 
-def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `generate` to a `harmoview` subcommand parser; returns the new parser."""
-    from harmoview.cli import _add_encoder_flags
+def _add_reference_flags(p: argparse.ArgumentParser) -> None:
+    refs = p.add_argument_group("references")
+    refs.add_argument("--ref", dest="identities", action=_RefAction, metavar="[VIEW:]PHOTO",
+                      help="a reference photo of the current identity (repeatable)")  # fmt: skip
+    refs.add_argument("--identity", dest="identities", action=_RefAction, nargs=0,
+                      help="start the next identity's group of --ref photos")  # fmt: skip
+    refs.add_argument("--face", type=int, help="which face (0 = leftmost) in photos that show several")
+    add_models_dir_flag(refs, without="the pip-only dlib stack")
 
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """Sampling settings; the defaults are those of `HarmoViewPipeline.__call__` and `.save`."""
+
+    def default(name: str) -> object:
+        return api_default(HarmoViewPipeline.__call__, name)
+
+    s = p.add_argument_group("sampling")
+    s.add_argument("--frames", type=int, default=default("num_frames"), help="frames, 1 + 4k (default %(default)s)")
+    s.add_argument("--height", type=int, default=default("height"), help="pixels (default %(default)s)")
+    s.add_argument("--width", type=int, default=default("width"), help="pixels (default %(default)s)")
+    s.add_argument("--steps", type=int, default=default("steps"), help="sampling steps (default %(default)s)")
+    s.add_argument("--sampler", choices=SAMPLERS, default=default("sampler"), help="ODE solver (default %(default)s)")
+    s.add_argument(
+        "--shift", type=float, default=default("shift"), help="flow shift of the sigma schedule (default %(default)s)"
+    )
+    s.add_argument(
+        "--ref-scale", type=float, default=default("ref_scale"),
+        help="guidance towards the references (1 = off; default %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--text-scale", type=float, default=default("text_scale"),
+        help="guidance towards the prompt (1 = off; default %(default)s)",
+    )  # fmt: skip
+    s.add_argument("--seed", type=int, default=default("seed"), help="noise seed (default %(default)s)")
+    s.add_argument(
+        "--fps", type=float, default=api_default(HarmoViewPipeline.save, "fps"),
+        help="frame rate of the mp4 (default %(default)s)",
+    )  # fmt: skip
+    s.add_argument("--device", help="torch device (default: cuda when available)")
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `generate` to the `harmoview` subcommands; returns the new parser."""
     p = subparsers.add_parser(
         "generate", help="sample a video from a prompt and reference photos",
         description="Generate an mp4 (plus OUT.json, e.g. out.mp4.json, with its settings) with a HarmoView "
@@ -43,40 +83,26 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )  # fmt: skip
     p.add_argument("--ckpt", type=Path, required=True, help="HarmoView checkpoint (export, training run or Wan folder)")
     p.add_argument("--low-noise-ckpt", type=Path, help="Wan2.2 A14B: the low-noise expert (used for t < 875)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="", help="negative prompt (default: the empty prompt)")
-    refs = p.add_argument_group("references")
-    refs.add_argument("--ref", dest="identities", action=_RefAction, metavar="[VIEW:]PHOTO",
-                      help="a reference photo of the current identity (repeatable)")  # fmt: skip
-    refs.add_argument("--identity", dest="identities", action=_RefAction, nargs=0,
-                      help="start the next identity's group of --ref photos")  # fmt: skip
-    refs.add_argument("--face", type=int, help="which face (0 = leftmost) in photos that show several")
-    refs.add_argument("--models-dir", type=Path, help="datakit face models (YuNet, FSA-Net; else $DATAKIT_MODELS_DIR)")
-    s = p.add_argument_group("sampling")
-    s.add_argument("--frames", type=int, default=81, help="frames, 1 + 4k (default 81)")
-    s.add_argument("--height", type=int, default=480)
-    s.add_argument("--width", type=int, default=832)
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--sampler", choices=SAMPLERS, default="unipc")
-    s.add_argument("--shift", type=float, default=5.0, help="flow shift of the sigma schedule (default 5)")
-    s.add_argument("--ref-scale", type=float, default=1.0, help="guidance towards the references (1 = off)")
-    s.add_argument("--text-scale", type=float, default=5.0, help="guidance towards the prompt (1 = off)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fps", type=float, default=16.0)
-    s.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--prompt", required=True, help="what the video shows")
+    p.add_argument(
+        "--negative-prompt", default=api_default(HarmoViewPipeline.__call__, "negative_prompt"),
+        help="negative prompt (default: the empty prompt)",
+    )  # fmt: skip
+    _add_reference_flags(p)
+    _add_sampling_flags(p)
     p.add_argument(
         "--out", type=Path, required=True, help="output mp4 (its settings go to OUT.json, e.g. out.mp4.json)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_encoder_flags(p)
+    add_quiet_flag(p)
+    add_encoder_flags(p)
     p.set_defaults(func=run_generate, identities=None)
     return p
 
 
-def _generate(args: argparse.Namespace) -> Path:
-    from harmoview.cli import encoder_paths
+def run_generate(args: argparse.Namespace) -> int:
+    """The `generate` command: photos routed first, then the model loaded, sampled and the mp4 written."""
     from harmoview.photo_refs import load_face_stack, route_identities
-    from harmoview.pipeline import HarmoViewPipeline, sidecar_path
+    from harmoview.pipeline import sidecar_path
 
     if args.out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {args.out} must end in .mp4")
@@ -102,16 +128,4 @@ def _generate(args: argparse.Namespace) -> Path:
     references = [{slot: r.describe() for slot, r in views.items()} for views in routed]
     path = pipe.save(frames, args.out, fps=args.fps, sidecar={"references": references, "face_stack": stack_name})
     print(f"wrote {path} and {sidecar_path(path).name}")
-    return path
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    """The `generate` command; user errors (missing files, photos without a face, bad sizes) exit 1."""
-    from datakit.faces import ModelNotFoundError
-
-    try:
-        _generate(args)
-    except (FileNotFoundError, ValueError, KeyError, ModelNotFoundError) as exc:
-        print(f"harmoview generate: error: {exc}", file=sys.stderr)
-        return 1
     return 0

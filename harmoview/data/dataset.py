@@ -13,7 +13,6 @@ skipped and reported in its batch's ``skipped``; :class:`SampleReader` loads one
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from datakit.store import NotARunError, RunDir
 from harmoview.data.buckets import Bucket, DataConfig, choose_bucket, frame_stride, window
 from harmoview.data.video_io import SampleError, decode_crop, read_frames, resize_center_crop
 from harmoview.model.config import VIEW_SLOTS
@@ -76,6 +76,7 @@ class SampleEntry:
 
     @property
     def num_identities(self) -> int:
+        """Identities this sample trains on."""
         return len(self.identity_ids)
 
     @property
@@ -143,10 +144,10 @@ class SampleIndex:
 def _video_root(run: Path, explicit: Path | None) -> Path:
     if explicit is not None:
         return Path(explicit).absolute()
-    record = run / "run.json"
-    if not record.is_file():
-        raise ValueError(f"{run} has no run.json saying where its videos are: pass --video-root for it")
-    src = json.loads(record.read_text())["config"]["src"]
+    try:
+        src = RunDir.open(run).record()["config"]["src"]
+    except NotARunError as err:
+        raise NotARunError(f"{err} (or pass --video-root for its videos)") from err
     return Path(src).absolute()  # Path.absolute keeps an absolute src; a relative one joins the current directory
 
 
@@ -275,6 +276,13 @@ class SampleReader:
 
     def load(self, entry: SampleEntry) -> LoadedSample:
         """Crops first (cheap, and a bad one spares the video decode), then the frames; SampleError if unusable."""
+        ref_pixels, ref_present = self._references(entry)  # (N, S, 3, h, w), (N, S)
+        frames = read_frames(entry.video_path, entry.frame_indices)  # (F, H, W, 3) uint8
+        video = resize_center_crop(frames, (entry.bucket.height, entry.bucket.width))  # (3, F, H, W)
+        return LoadedSample(video, ref_pixels, ref_present, entry.caption or "")
+
+    def _references(self, entry: SampleEntry) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best-ranked crop per loaded view slot of each used identity: (N, S, 3, h, w) pixels, (N, S) present."""
         h, w = self.config.ref_size
         identities = self._row_identities(entry)
         ref_pixels = torch.zeros(len(entry.identity_rows), len(VIEW_SLOTS), 3, h, w)  # (N, S, 3, h, w)
@@ -289,9 +297,7 @@ class SampleReader:
                     continue  # a view not loaded, or a lower-ranked reference of a filled slot
                 ref_pixels[n, slot] = decode_crop(ref["crop"], (h, w), ref.get("face_box"))
                 ref_present[n, slot] = True
-        frames = read_frames(entry.video_path, entry.frame_indices)  # (F, H, W, 3) uint8
-        video = resize_center_crop(frames, (entry.bucket.height, entry.bucket.width))  # (3, F, H, W)
-        return LoadedSample(video, ref_pixels, ref_present, entry.caption or "")
+        return ref_pixels, ref_present
 
 
 def collate(samples: list[LoadedSample], bucket: Bucket, ref_size: tuple[int, int]) -> dict:

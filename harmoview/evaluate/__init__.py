@@ -4,7 +4,8 @@
 - :mod:`~harmoview.evaluate.assemble`: cases from a datakit run's identities;
 - :mod:`~harmoview.evaluate.frames` / :mod:`~harmoview.evaluate.metrics` / :mod:`~harmoview.evaluate.text`:
   frame sampling and motion, FaceSim and multi-view FaceSim, CLIP text alignment;
-- :mod:`~harmoview.evaluate.runner` / :mod:`~harmoview.evaluate.html`: the whole evaluation and its page.
+- :mod:`~harmoview.evaluate.runner` / :mod:`~harmoview.evaluate.summary` / :mod:`~harmoview.evaluate.html`:
+  the whole evaluation, its summary numbers and its page.
 """
 
 from harmoview.evaluate.assemble import cases_from_run, read_identity_list

@@ -14,7 +14,7 @@ import numpy as np
 
 from harmoview.evaluate.cases import Case
 from harmoview.evaluate.frames import SampledFrame
-from harmoview.evaluate.runner import SUMMARY_METRICS
+from harmoview.evaluate.summary import SUMMARY_METRICS
 
 THUMB_PX = 128  #: thumbnail height on the page and in overview.png
 

@@ -19,10 +19,9 @@ import numpy as np
 
 from harmoview.evaluate.cases import Case, read_cases
 from harmoview.evaluate.frames import SampledFrame, motion_px, sample_frames
+from harmoview.evaluate.html import write_report
 from harmoview.evaluate.metrics import ReferenceError, embed_identity, face_metrics, yaw_in_range_rate
-
-#: per-case scores averaged into summary.json (over the cases where they are not None)
-SUMMARY_METRICS = ("facesim", "facesim_multiview", "detection_rate", "yaw_in_range_rate", "motion_px", "text_alignment")
+from harmoview.evaluate.summary import SUMMARY_METRICS, merge_bins, summarize
 
 
 @dataclass(kw_only=True, slots=True)
@@ -83,47 +82,12 @@ class Evaluator:
         if self.clip is not None:
             result["text_alignment"] = self.clip.score(case.prompt, [s.bgr for s in samples])
         result.update(faces)
-        result["facesim_by_yaw_bin"] = _merge_bins(faces["identities"])
+        result["facesim_by_yaw_bin"] = merge_bins(faces["identities"])
         return result, samples
-
-
-def _merge_bins(per_identity: list[dict]) -> dict:
-    """Yaw-bin breakdown over all identities of a case: frame-weighted mean multi-view FaceSim per bin."""
-    sums: dict[str, list[float]] = {}
-    for scores in per_identity:
-        for view, entry in scores["by_yaw_bin"].items():
-            acc = sums.setdefault(view, [0.0, 0])
-            acc[0] += entry["facesim_multiview"] * entry["num_frames"]
-            acc[1] += entry["num_frames"]
-    return {view: {"facesim_multiview": s / n, "num_frames": n} for view, (s, n) in sums.items()}
-
-
-def summarize(results: list[dict], models: dict) -> dict:
-    """Overall scores: each metric's mean over the cases where it has a value, with that count."""
-    means = {}
-    for name in SUMMARY_METRICS:
-        values = [r[name] for r in results if r.get(name) is not None]
-        means[name] = {"mean": float(np.mean(values)) if values else None, "num_cases": len(values)}
-    bins: dict[str, list[float]] = {}
-    for r in results:
-        for view, entry in (r.get("facesim_by_yaw_bin") or {}).items():
-            bins.setdefault(view, []).append(entry["facesim_multiview"])
-    statuses: dict[str, int] = {}
-    for r in results:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    return {
-        "num_cases": len(results),
-        "statuses": statuses,
-        "metrics": means,
-        "facesim_multiview_by_yaw_bin": {v: {"mean": float(np.mean(s)), "num_cases": len(s)} for v, s in bins.items()},
-        **models,
-    }
 
 
 def evaluate(cases_path: str | Path, videos: str | Path, out: str | Path, config: EvalConfig | None = None) -> dict:
     """Score ``<videos>/<case_id>.mp4`` for every case of ``cases_path``; writes ``out``; returns the summary."""
-    from harmoview.evaluate.html import write_report
-
     config = config or EvalConfig()
     cases_path, videos, out = Path(cases_path), Path(videos), Path(out)
     cases = read_cases(cases_path)

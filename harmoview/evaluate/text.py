@@ -1,35 +1,20 @@
 """Text alignment (CLIP score): cosine between a prompt and sampled frames under a local open_clip model.
 
-The model is a full open_clip CLIP (vision and text towers) built from a local folder holding
-``open_clip_config.json`` (``{"model_cfg": {...}, "preprocess_cfg": {...}}``, the hub layout) and
-``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``. Nothing is downloaded; the
-tokenizer is open_clip's bundled BPE vocabulary.
+The model is a full open_clip CLIP (vision and text towers) built from a local open_clip folder in the hub
+layout, found and read by :class:`datakit.clips.open_clip.OpenClipFolder` (``open_clip_config.json`` beside
+``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``). Nothing is downloaded; the tokenizer
+is open_clip's bundled BPE vocabulary.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harmoview.model.mfi import CLIP_MEAN, CLIP_STD
-
-_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def _read_state(root: Path) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        path = root / name
-        if path.exists():
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                return load_file(str(path))
-            return torch.load(path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no open_clip weights ({' or '.join(_WEIGHT_FILES)}) in {root}")
+from datakit.clips.open_clip import CLIP_MEAN, CLIP_STD, OpenClipFolder
 
 
 class ClipScorer:
@@ -39,21 +24,14 @@ class ClipScorer:
         from open_clip.model import CLIP
         from open_clip.tokenizer import SimpleTokenizer
 
-        root = Path(folder)
-        config_path = root / "open_clip_config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{root} is not an open_clip folder: no open_clip_config.json")
-        cfg = json.loads(config_path.read_text())
-        model_cfg, pre = cfg.get("model_cfg", cfg), cfg.get("preprocess_cfg", {})
+        files = OpenClipFolder.find(folder, hint="the --clip folder")  # config + weights, or a clear error
+        model_cfg, pre = files.model_cfg, files.preprocess_cfg
         self.model = CLIP(
             embed_dim=model_cfg["embed_dim"], vision_cfg=model_cfg["vision_cfg"], text_cfg=model_cfg["text_cfg"],
             quick_gelu=model_cfg.get("quick_gelu", False),
         ).eval()  # fmt: skip
-        missing, unexpected = self.model.load_state_dict(_read_state(root), strict=False)
-        if missing or unexpected:
-            problems = f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-            raise ValueError(f"open_clip checkpoint mismatch in {root}: {problems}")
-        self.name = f"open_clip:{root.name}"
+        files.load_into(self.model)
+        self.name = files.name
         self.tokenizer = SimpleTokenizer(context_length=model_cfg["text_cfg"].get("context_length", 77))
         self.mean = torch.tensor(pre.get("mean", CLIP_MEAN)).view(1, 3, 1, 1)
         self.std = torch.tensor(pre.get("std", CLIP_STD)).view(1, 3, 1, 1)

@@ -108,6 +108,7 @@ class DiTConfig:
         return cls(**data)
 
     def to_json(self) -> str:
+        """The config as indented JSON (harmoview.json of a checkpoint)."""
         return json.dumps(self.to_dict(), indent=2)
 
 

@@ -3,19 +3,14 @@ that turns its features into the image tokens every block cross-attends to."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from datakit.clips.open_clip import CLIP_MEAN, CLIP_STD, OpenClipFolder
 from harmoview.model.config import DiTConfig
-
-# open_clip's default normalisation (OpenAI CLIP statistics), used when a checkpoint names none.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class MFIProjector(nn.Module):
@@ -81,9 +76,10 @@ class ViTFeatures(nn.Module):
 def load_vit(source: str | Path | dict, layer_indices: Sequence[int] = (-2,)) -> ViTFeatures:
     """Build an open_clip vision tower and wrap it for multi-depth features.
 
-    source: a directory holding `open_clip_config.json` (the hub layout: {"model_cfg": {...}}) and
-    `open_clip_model.safetensors` or `open_clip_pytorch_model.bin` (keys `visual.*`), or a dict of
-    `CLIPVisionCfg` fields for a randomly initialised tower (tests). Never downloads.
+    source: an open_clip folder in the hub layout, read by `datakit.clips.open_clip.OpenClipFolder`
+    (`open_clip_config.json` beside `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`; only the
+    `visual.*` weights are loaded), or a dict of `CLIPVisionCfg` fields for a randomly initialised tower
+    (tests). Never downloads.
     layer_indices: block indices whose outputs are taken (negative counts from the last block).
     """
     from open_clip.model import _build_vision_tower  # the one place we build a tower from a config
@@ -92,35 +88,17 @@ def load_vit(source: str | Path | dict, layer_indices: Sequence[int] = (-2,)) ->
         visual = _build_vision_tower(embed_dim=source.get("width", 768), vision_cfg=dict(source))
         return ViTFeatures(visual, _absolute(layer_indices, source.get("layers", 12)))
 
-    root = Path(source)
-    cfg = json.loads((root / "open_clip_config.json").read_text())
-    model_cfg, pre = cfg.get("model_cfg", cfg), cfg.get("preprocess_cfg", {})
+    files = OpenClipFolder.find(source, hint="the --vit folder of the MFI ViT")  # config + weights, or a clear error
+    model_cfg = files.model_cfg
     visual = _build_vision_tower(
         embed_dim=model_cfg["embed_dim"], vision_cfg=model_cfg["vision_cfg"],
         quick_gelu=model_cfg.get("quick_gelu", False),
     )  # fmt: skip
-    state = _read_visual_state(root)
-    missing, unexpected = visual.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"ViT checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    files.load_into(visual, prefix="visual.")  # the text tower's keys are not needed for image features
     num_layers = model_cfg["vision_cfg"].get("layers", 12)
-    mean, std = pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD)
+    mean, std = files.preprocess_cfg.get("mean", CLIP_MEAN), files.preprocess_cfg.get("std", CLIP_STD)
     return ViTFeatures(visual, _absolute(layer_indices, num_layers), mean=mean, std=std)
 
 
 def _absolute(indices: Sequence[int], num_layers: int) -> list[int]:
     return [i % num_layers for i in indices]
-
-
-def _read_visual_state(root: Path) -> dict[str, torch.Tensor]:
-    for name in _WEIGHT_FILES:
-        path = root / name
-        if path.exists():
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            return {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    raise FileNotFoundError(f"no open_clip weights ({' or '.join(_WEIGHT_FILES)}) in {root}")

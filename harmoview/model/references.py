@@ -39,6 +39,7 @@ class References:
 
     @property
     def num_identities(self) -> int:
+        """N, the identities of the batch (absent ones included)."""
         return self.latents.shape[1]
 
     @property
@@ -127,6 +128,8 @@ class IsolationSpans:
     """[start, stop) of the sink tokens (the end of the sequence)."""
 
     def self_groups(self) -> list[AttentionGroup]:
+        """(queries, keys) groups of the masked self-attention: the video sees every token, identity k its own
+        tokens and the sinks, the sinks themselves."""
         sinks = slice(*self.sinks)
         groups = [(slice(0, self.num_video), [slice(0, self.sinks[1])])]
         groups += [(slice(a, b), [slice(a, b), sinks]) for a, b in self.identities]

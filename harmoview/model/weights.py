@@ -12,14 +12,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from harmoview.model.config import DiTConfig
+from harmoview.model.config import DiTConfig, get_config
 from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
+
+if TYPE_CHECKING:
+    from harmoview.model.encoders import Encoders
 
 NATIVE, DIFFUSERS = "native", "diffusers"
 _ATTN = {"self_attn": "attn1", "cross_attn": "attn2"}
@@ -128,9 +132,11 @@ class LoadReport:
 
     @property
     def ok(self) -> bool:
+        """Nothing missing, unexpected or mismatched (new HarmoView tensors are expected)."""
         return not (self.missing or self.unexpected or self.mismatched)
 
     def summary(self) -> str:
+        """Counts, then up to 8 keys of each kind (missing, unexpected, mismatched, new)."""
         lines = [f"layout={self.layout} loaded={len(self.loaded)} new={len(self.new)}"]
         for name in ("missing", "unexpected", "mismatched", "new"):
             keys = getattr(self, name)
@@ -313,3 +319,25 @@ def resolve_model_dir(path: str | Path) -> Path:
         if (path / sub).is_dir():
             return path / sub
     return path
+
+
+def initial_config(init: Path | None, preset: str | None, encoders: Encoders) -> tuple[DiTConfig, Path | None]:
+    """The config of the model to build, and its weights folder (None = random weights of `preset`).
+
+    Training starts a stage from it and the sampler loads a checkpoint with it. A Wan checkpoint has no
+    HarmoView settings: its MFI is sized to the ViT given (or switched off without one). The encoders must
+    agree with the model (latent channels, text width, ViT width).
+    """
+    if init is None:
+        if preset is None:
+            raise ValueError("no initial weights: set --init WAN_OR_STAGE_DIR (or --preset NAME for random weights)")
+        config, directory = get_config(preset), None
+    else:
+        directory = resolve_model_dir(init)
+        config = read_config(directory if directory.is_dir() else directory.parent)
+        if not (directory / "harmoview.json").exists():
+            vit = encoders.has_vit
+            sizes = {"vit_dim": encoders.vit_dim, "vit_num_levels": encoders.vit_num_levels} if vit else {}
+            config = config.replace(use_mfi=vit, **sizes)
+    encoders.check_model(config)
+    return config, directory

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from harmoview.data.dataset import DataConfig, SampleIndex, SampleReader, TrainDataset, collate
+from harmoview.data.dataset import DataConfig, SampleEntry, SampleIndex, SampleReader, TrainDataset, collate
 from harmoview.model.config import VIEW_SLOTS
 from harmoview.model.encoders import Encoders
 from harmoview.train.inputs import EncodedBatch, encode_batch
@@ -42,13 +42,17 @@ CACHE_VERSION = "harmoview-cache-1"
 CACHE_MAX_IDENTITIES = 16
 
 
-def cache_key(encoders: Encoders, data: DataConfig) -> str:
-    """Fingerprint of everything that changes a sample's encodings."""
-    settings = {
+def _settings(encoders: Encoders, data: DataConfig) -> dict:
+    """Everything that changes a sample's encodings: hashed into the cache key, recorded in cache.json."""
+    return {
         "version": CACHE_VERSION, "encoders": encoders.fingerprint(), "frame_counts": list(data.frame_counts),
         "resolutions": [list(r) for r in data.resolutions], "fps": data.fps, "ref_size": list(data.ref_size),
     }  # fmt: skip
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_key(encoders: Encoders, data: DataConfig) -> str:
+    """Fingerprint of everything that changes a sample's encodings."""
+    return hashlib.sha256(json.dumps(_settings(encoders, data), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_data_config(data: DataConfig) -> DataConfig:
@@ -57,17 +61,21 @@ def cache_data_config(data: DataConfig) -> DataConfig:
 
 
 def sample_file(folder: Path, sample_id: str) -> Path:
+    """Where a sample's encodings are in a cache folder (sharded by two characters of its id)."""
     return folder / sample_id[4:6] / f"{sample_id}.safetensors"
 
 
 @dataclass
 class CacheSummary:
+    """What `build_cache` did on this rank: samples encoded, already present, skipped by reason."""
+
     folder: Path
     written: int = 0
     present: int = 0
     skipped: Counter = field(default_factory=Counter)
 
     def format(self) -> str:
+        """One line for the console."""
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "none"
         return f"cache {self.folder}: {self.written} samples encoded, {self.present} already there; skipped: {skipped}"
 
@@ -81,33 +89,32 @@ def build_cache(
     folder = Path(out) / cache_key(encoders, data)
     folder.mkdir(parents=True, exist_ok=True)
     index = SampleIndex.open(manifests, data, video_roots)
-    (folder / "cache.json").write_text(json.dumps(_manifest(encoders, data), indent=2))
+    record = _settings(encoders, data) | {"text_len": encoders.text_len}  # CachedDataset pads text back to it
+    (folder / "cache.json").write_text(json.dumps(record, indent=2))
     reader, summary = SampleReader(data), CacheSummary(folder)
-    mine = index.entries[rank::world_size]
-    for entry in tqdm(mine, desc="encoding", disable=not progress):
+    for entry in tqdm(index.entries[rank::world_size], desc="encoding", disable=not progress):
         path = sample_file(folder, entry.sample_id)
         if path.exists():
             summary.present += 1
-            continue
-        try:
-            sample = reader.load(entry)
-        except Exception as exc:  # an unreadable sample is counted, never fatal
-            summary.skipped[getattr(exc, "reason", "read_error")] += 1
-            tqdm.write(f"skipped {entry.sample_id}: {exc}")
-            continue
-        batch = collate([sample], entry.bucket, data.ref_size) | {"sample_ids": [entry.sample_id]}
-        enc = encode_batch(batch, encoders, with_refs=True, with_vit=encoders.vit is not None)
-        _write(path, enc, entry.identity_ids)
-        summary.written += 1
+        elif _encode_sample(entry, path, reader, encoders, data, summary):
+            summary.written += 1
     return summary
 
 
-def _manifest(encoders: Encoders, data: DataConfig) -> dict:
-    return {
-        "version": CACHE_VERSION, "encoders": encoders.fingerprint(), "text_len": encoders.text_len,
-        "frame_counts": list(data.frame_counts), "resolutions": [list(r) for r in data.resolutions],
-        "fps": data.fps, "ref_size": list(data.ref_size),
-    }  # fmt: skip
+def _encode_sample(
+    entry: SampleEntry, path: Path, reader: SampleReader, encoders: Encoders, data: DataConfig, summary: CacheSummary
+) -> bool:
+    """Load, encode and write one sample; an unreadable sample is counted in `summary.skipped`, never fatal."""
+    try:
+        sample = reader.load(entry)
+    except Exception as exc:
+        summary.skipped[getattr(exc, "reason", "read_error")] += 1
+        tqdm.write(f"skipped {entry.sample_id}: {exc}")
+        return False
+    batch = collate([sample], entry.bucket, data.ref_size) | {"sample_ids": [entry.sample_id]}
+    enc = encode_batch(batch, encoders, with_refs=True, with_vit=encoders.vit is not None)
+    _write(path, enc, entry.identity_ids)
+    return True
 
 
 def _write(path: Path, enc: EncodedBatch, identity_ids: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ _PREFIX = "step_"
 
 
 def checkpoint_dir(out: Path) -> Path:
+    """The folder of a run's `step_N/` checkpoints."""
     return Path(out) / "checkpoints"
 
 

@@ -39,6 +39,7 @@ class EncodedBatch:
     """(B, N, T, Dv) ViT features of each identity's frontal crop (zeros without one); None = not encoded."""
 
     def to(self, device: torch.device) -> EncodedBatch:
+        """The same batch with every tensor on `device`."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return EncodedBatch(
             self.sample_ids, move(self.latents), move(self.text), move(self.ref_present),
@@ -66,6 +67,7 @@ def seed_for(*parts: object) -> int:
 
 
 def generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded from `parts` (e.g. seed, step, micro-batch, purpose): draws that resume exactly."""
     return torch.Generator().manual_seed(seed_for(*parts))
 
 

@@ -32,6 +32,7 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, **record: float | int | bool) -> None:
+        """Append one metrics line (and the TensorBoard scalars) on the main rank."""
         if not self.enabled:
             return
         with self.path.open("a") as f:

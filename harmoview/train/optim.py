@@ -37,6 +37,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """shadow <- decay * shadow + (1 - decay) * weights, for the trainable weights."""
         for name, p in model.named_parameters():
             if name in self.shadow:
                 self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
@@ -51,8 +52,10 @@ class EMA:
                 self.shadow[name].copy_(current)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow weights by parameter name (for checkpoints)."""
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy checkpointed shadow weights in place."""
         for name, value in state.items():
             self.shadow[name].copy_(value)

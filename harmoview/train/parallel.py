@@ -30,10 +30,12 @@ class Distributed:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that reads checkpoints, writes files and prints."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process (FSDP and collectives on)."""
         return self.world_size > 1
 
 
@@ -60,11 +62,13 @@ def resolve_bf16(mixed_precision: str, device: torch.device) -> bool:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group, when one was joined."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
     if dist.is_initialized():
         dist.barrier()
 

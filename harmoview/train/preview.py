@@ -1,7 +1,7 @@
 """Preview videos during training: a few sampling steps of the flow ODE, decoded and written as mp4 + PNG.
 
 `render_preview` samples the first sample of a training batch with that sample's conditions through
-`harmoview.pipeline.sample` (the one sampler of the project), and writes
+`harmoview.sampling.sample` (the one sampler of the project), and writes
 `<out>/previews/step_XXXXXXXX.mp4` and a `.png` contact sheet beside it, plus the sample's ground truth
 (its latents decoded) once as `target.mp4` / `target.png`, to compare against.
 """
@@ -17,7 +17,7 @@ from torch import nn
 from harmoview.data.video_io import write_contact_png, write_video
 from harmoview.model.encoders import Encoders
 from harmoview.model.references import References
-from harmoview.pipeline import Conditions, Guidance, sample
+from harmoview.sampling import Conditions, Guidance, sample
 from harmoview.train.inputs import EncodedBatch
 
 PREVIEW_DIR = "previews"

@@ -114,6 +114,7 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
+        """Every setting as plain data (config.json, checkpoints)."""
         return dataclasses.asdict(self)
 
 

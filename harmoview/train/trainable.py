@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from harmoview.model.config import DiTConfig, get_config
 from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
 from harmoview.model.encoders import Encoders
-from harmoview.model.weights import build_model, read_config, resolve_model_dir
+from harmoview.model.weights import build_model, initial_config
 from harmoview.train.parallel import Distributed, apply_activation_checkpointing, apply_fsdp
 
 # Backbone linears that LoRA adapts (Wan's attention projections and FFN); the HarmoView modules
@@ -71,27 +70,6 @@ def set_trainable(model: nn.Module, trainable: str) -> list[str]:
     if not names:
         raise ValueError(f"trainable={trainable!r} leaves nothing to train (does the model have HarmoView modules?)")
     return names
-
-
-def initial_config(init: Path | None, preset: str | None, encoders: Encoders) -> tuple[DiTConfig, Path | None]:
-    """The config of the model a stage starts from, and the weights folder (None = random weights).
-
-    A Wan checkpoint has no HarmoView settings: its MFI is sized to the ViT given (or switched off
-    without one). The encoders must agree with the model (latent channels, text width, ViT width).
-    """
-    if init is None:
-        if preset is None:
-            raise ValueError("no initial weights: set --init WAN_OR_STAGE_DIR (or --preset NAME for random weights)")
-        config, directory = get_config(preset), None
-    else:
-        directory = resolve_model_dir(init)
-        config = read_config(directory if directory.is_dir() else directory.parent)
-        if not (directory / "harmoview.json").exists():
-            vit = encoders.has_vit
-            sizes = {"vit_dim": encoders.vit_dim, "vit_num_levels": encoders.vit_num_levels} if vit else {}
-            config = config.replace(use_mfi=vit, **sizes)
-    encoders.check_model(config)
-    return config, directory
 
 
 def load_initial_model(init: Path | None, preset: str | None, encoders: Encoders) -> HarmoViewDiT:

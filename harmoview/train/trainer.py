@@ -87,6 +87,7 @@ class TrainSummary:
     cache: Path | None = None
 
     def format(self) -> str:
+        """The summary as console lines."""
         lines = [
             f"trained steps {self.resumed_from}..{self.steps} on {self.usable_samples} usable samples "
             f"({self.samples_seen} samples seen, {self.samples_per_s:.2f} samples/s), final loss {self.final_loss:.4g}",
@@ -170,20 +171,7 @@ class Trainer:
         started, seen_at_start = time.perf_counter(), self.summary.samples_seen
         while self.step < c.steps:
             step_started = time.perf_counter()
-            lr = warmup_lr(self.step, c.lr, c.warmup_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss, num_samples, seen = self._accumulate(batches)
-            grad_norm = self._clip()
-            finite = not all_reduce_any(not (math.isfinite(loss) and math.isfinite(grad_norm)), self.dist.device)
-            if finite:
-                self.optimizer.step()
-                if self.ema:
-                    self.ema.update(self.model)
-            else:  # a NaN/inf anywhere: skip the update on every rank, count it, say so
-                self.summary.nonfinite_steps += 1
-                tqdm.write(f"step {self.step}: non-finite loss or gradient, update skipped")
-            self.optimizer.zero_grad(set_to_none=True)
+            lr, loss, grad_norm, finite, num_samples, seen = self._train_step(batches)
             self.step += 1
             self.summary.samples_seen += num_samples
             rate = (self.summary.samples_seen - seen_at_start) / max(time.perf_counter() - started, 1e-9)
@@ -204,6 +192,29 @@ class Trainer:
         self.summary.export = self._export()
         return self.summary
 
+    def _train_step(self, batches) -> tuple[float, float, float, bool, int, dict]:
+        """One optimiser step: warm-up lr, forward/backward of `grad_accum` micro-batches, clip, AdamW, EMA.
+
+        A NaN or inf loss or gradient on any rank skips the update on every rank. Returns (lr, loss,
+        grad_norm, finite, samples of all ranks, what this rank saw) for the metrics.
+        """
+        c = self.config
+        lr = warmup_lr(self.step, c.lr, c.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, num_samples, seen = self._accumulate(batches)
+        grad_norm = self._clip()
+        finite = not all_reduce_any(not (math.isfinite(loss) and math.isfinite(grad_norm)), self.dist.device)
+        if finite:
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
+        else:  # a NaN/inf anywhere: skip the update on every rank, count it, say so
+            self.summary.nonfinite_steps += 1
+            tqdm.write(f"step {self.step}: non-finite loss or gradient, update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, loss, grad_norm, finite, num_samples, seen
+
     def _accumulate(self, batches) -> tuple[float, int, dict]:
         """Forward and backward `grad_accum` micro-batches.
 
@@ -212,7 +223,6 @@ class Trainer:
         """
         c, total, num_samples, t_seen, refs_seen = self.config, 0.0, 0, [], 0
         wait_s = encode_s = 0.0
-        sigma_range = expert_sigma_range(c.expert)
         for micro in range(c.grad_accum):
             started = time.perf_counter()
             batch = self._next_batch(batches)
@@ -226,20 +236,10 @@ class Trainer:
             if self.dist.device.type == "cuda":
                 torch.cuda.synchronize()  # so that encode_s is the encoders' time, not the launch time
             encode_s += time.perf_counter() - started
-            inputs = make_inputs(
-                enc, empty_text=self.empty_text, dropout=c.dropout, refs_on=refs_on, mfi_on=mfi_on, shift=c.shift,
-                sigma_range=sigma_range, seed=c.seed, step=self.step, micro=micro,
-            )  # fmt: skip
-            with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                prediction = self.model(
-                    inputs.noisy, inputs.timesteps, inputs.text, inputs.references, inputs.vit_features
-                )  # (B, C, f, h, w)
-            loss = flow_loss(prediction, inputs.target)
-            (loss / c.grad_accum).backward()
-            total += loss.item() / c.grad_accum
+            loss, timesteps = self._forward_backward(enc, micro, refs_on, mfi_on)
+            total += loss / c.grad_accum
             num_samples += len(enc.sample_ids)
-            self.summary.text_dropped += inputs.num_text_dropped
-            t_seen += inputs.timesteps.tolist()
+            t_seen += timesteps
             refs_seen += refs_on
         seen = {
             "t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum,
@@ -249,6 +249,25 @@ class Trainer:
         world = self.dist.world_size
         num_samples = round(all_reduce_mean(float(num_samples), self.dist.device) * world)
         return all_reduce_mean(total, self.dist.device), num_samples, seen
+
+    def _forward_backward(self, enc: EncodedBatch, micro: int, refs_on: bool, mfi_on: bool) -> tuple[float, list]:
+        """Dropout, noising and the velocity loss of one micro-batch, backpropagated scaled by 1/grad_accum.
+
+        Returns the micro-batch's loss and its timesteps.
+        """
+        c = self.config
+        inputs = make_inputs(
+            enc, empty_text=self.empty_text, dropout=c.dropout, refs_on=refs_on, mfi_on=mfi_on, shift=c.shift,
+            sigma_range=expert_sigma_range(c.expert), seed=c.seed, step=self.step, micro=micro,
+        )  # fmt: skip
+        with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            prediction = self.model(
+                inputs.noisy, inputs.timesteps, inputs.text, inputs.references, inputs.vit_features
+            )  # (B, C, f, h, w)
+        loss = flow_loss(prediction, inputs.target)  # () float32, over the video tokens only
+        (loss / c.grad_accum).backward()
+        self.summary.text_dropped += inputs.num_text_dropped
+        return loss.item(), inputs.timesteps.tolist()
 
     def _encode(self, batch: dict, refs_on: bool, mfi_on: bool) -> EncodedBatch:
         if "encoded" in batch:  # read from the cache

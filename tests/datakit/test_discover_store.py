@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
 
-from datakit.store import RunDir
+from datakit.store import NotARunError, RunDir, write_atomic
 from datakit.video.discover import discover, sniff
 from datakit.video.tracking import IouTracker, iou
-from tests.conftest import MODELS, STILLS, VIDEOS
+from tests.conftest import STILLS, VIDEOS
 
 
 def test_discovery_is_by_content_and_ids_are_content_hashes(tmp_path):
@@ -55,46 +58,47 @@ def test_iou_tracker_links_overlapping_boxes_and_cuts():
     assert iou(a, a) == 1.0 and iou(a, b) == 0.0
 
 
-def test_resume_refuses_other_output_settings_and_overwrite_clears(tmp_path):
-    import json
+def test_run_dir_open_refuses_a_folder_that_is_not_a_run(tmp_path):
+    for folder in (tmp_path / "missing", tmp_path):  # no folder; a folder without run.json
+        with pytest.raises(NotARunError, match="is not a datakit run") as caught:
+            RunDir.open(folder)
+        assert str(folder) in str(caught.value) and "datakit build" in str(caught.value)
+        assert isinstance(caught.value, FileNotFoundError) and isinstance(caught.value, ValueError)
+    (tmp_path / "run.json").write_text("{half a record")
+    with pytest.raises(NotARunError, match=re.escape(str(tmp_path / "run.json"))):
+        RunDir.open(tmp_path).record()  # the folder is a run, its record is garbage: the error names the file
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(NotARunError, match="JSON object"):
+        RunDir.open(tmp_path).record()
 
-    import pytest
 
-    from datakit import BuildConfig
-    from datakit.faces import build_face_stack
-    from pipelines.build import RunConflictError, _check_resume
-
-    stack = build_face_stack("auto", models_dir=MODELS)
+def test_run_record_is_written_whole_and_updated_in_place(tmp_path):
     run = RunDir(tmp_path / "run")
-    first = BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS)
-    run.root.mkdir()
-    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": first.to_dict()}))
-    (run.root / "faces").mkdir()
-    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, workers=1), run, stack)  # fine
-    with pytest.raises(RunConflictError, match="sample_fps"):
-        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, sample_fps=1.0), run, stack)
-    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, overwrite=True), run, stack)
-    assert not (run.root / "run.json").exists() and not (run.root / "faces").exists()
+    assert not run.has_record()
+    run.write_record({"state": "running", "config": {"sample_fps": 3.0}})
+    assert RunDir.open(run.root).record() == {"state": "running", "config": {"sample_fps": 3.0}}
+    updated = run.update_record(state="finished", captions={"captioned": 2})
+    assert updated == run.record() == {"state": "finished", "config": {"sample_fps": 3.0}, "captions": {"captioned": 2}}
+    assert [p.name for p in run.root.iterdir()] == ["run.json"]  # no temporaries left
 
 
-def test_resume_checks_detect_max_side_also_against_older_runs(tmp_path):
-    import json
+def test_scan_reads_the_columns_a_table_has(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.scan("clips") is None and run.dataset("clips") is None and run.count_rows("clips") == 0
+    write_atomic(pa.table({"clip_id": ["a", "b"], "start_s": [0.0, 1.0]}), tmp_path / "clips" / "v1.parquet")
+    write_atomic(pa.table({"clip_id": ["c"], "start_s": [2.0]}), tmp_path / "clips" / "v2.parquet")
+    got = run.scan("clips", ["clip_id", "caption"], filter=pc.field("start_s") > 0.5)  # no caption column: left out
+    assert got.column_names == ["clip_id"] and got["clip_id"].to_pylist() == ["b", "c"]
+    assert run.count_rows("clips") == 3
 
-    import pytest
 
+def test_build_config_from_run_reads_run_json_through_run_dir(tmp_path):
     from datakit import BuildConfig
-    from datakit.faces import build_face_stack
-    from pipelines.build import RunConflictError, _check_resume
 
-    stack = build_face_stack("auto", models_dir=MODELS)
-    run = RunDir(tmp_path / "run")
-    run.root.mkdir()
-    config = BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS).to_dict()
-    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": config}))
-    with pytest.raises(RunConflictError, match="detect_max_side"):
-        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, detect_max_side=640), run, stack)
-    del config["detect_max_side"]  # a run.json from before the field: it detected at full frame size
-    (run.root / "run.json").write_text(json.dumps({"face_stack": stack.describe(), "config": config}))
-    with pytest.raises(RunConflictError, match="detect_max_side"):
-        _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS), run, stack)
-    _check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, detect_max_side=0), run, stack)
+    with pytest.raises(NotARunError, match="datakit build"):
+        BuildConfig.from_run(tmp_path)
+    cfg = BuildConfig(src=VIDEOS, out=tmp_path / "elsewhere", sample_fps=2.0)
+    RunDir(tmp_path).write_record({"config": {**cfg.to_dict(), "a_future_field": 1}})
+    again = BuildConfig.from_run(tmp_path, filter_min_motion=0.01)
+    assert again.sample_fps == 2.0 and again.out == tmp_path and again.filter_min_motion == 0.01
+    assert again.view_bins == cfg.view_bins

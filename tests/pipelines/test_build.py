@@ -223,24 +223,20 @@ def test_insightface_backend_runs_end_to_end_with_the_detector_only_pack(tmp_pat
 
 _CRASHING_DRIVER = """
 import json, os, sys
-import pipelines.build as b
+import pipelines.video_pool as pool
 from datakit import BuildConfig
-
-plain = b._worker_class
-
-
-def crashing(cfg):
-    class Crashing(plain(cfg)):  # defined in __main__: Ray ships it to the workers by value
-        def process(self, src):
-            if src.rel_path == "single_face.mp4":
-                os._exit(1)  # what a segfault in a native decoder looks like to Ray
-            return super().process(src)
-
-    return Crashing
+from pipelines import build
 
 
-b._worker_class = crashing
-summary = b.build(BuildConfig(**json.loads(sys.argv[1])), progress=False)
+class Crashing(pool.VideoWorker):  # defined in __main__: Ray ships it to the workers by value
+    def process(self, src):
+        if src.rel_path == "single_face.mp4":
+            os._exit(1)  # what a segfault in a native decoder looks like to Ray
+        return super().process(src)
+
+
+pool.VideoWorker = Crashing  # the class of the per-video stage's actors
+summary = build(BuildConfig(**json.loads(sys.argv[1])), progress=False)
 print(json.dumps(summary.to_dict()))
 """
 

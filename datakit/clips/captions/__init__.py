@@ -9,9 +9,11 @@ Backends (``BuildConfig.captioner`` / ``--captioner``):
   ``--caption-api-model``).
 
 Prompts are versioned in :mod:`datakit.clips.captions.prompts`; every caption records ``caption_model`` and
-``caption_prompt_version``. See :mod:`datakit.clips.captions.stage` for resume and errors.
+``caption_prompt_version``. See :mod:`datakit.clips.captions.stage` (on :mod:`datakit.clips.base`) for
+resume and errors.
 """
 
+from datakit.clips.captions.backends import make_captioner
 from datakit.clips.captions.base import (
     CAPTIONERS,
     NOT_CONFIGURED_HINT,
@@ -19,10 +21,10 @@ from datakit.clips.captions.base import (
     CaptionerConfigError,
     ClipFrames,
     caption_model_name,
-    make_captioner,
 )
 from datakit.clips.captions.prompts import PROMPTS
 from datakit.clips.captions.stage import (
+    CaptionStage,
     CaptionSummary,
     attach_captions,
     read_captions,
@@ -32,6 +34,7 @@ __all__ = [
     "CAPTIONERS",
     "NOT_CONFIGURED_HINT",
     "PROMPTS",
+    "CaptionStage",
     "CaptionSummary",
     "Captioner",
     "CaptionerConfigError",

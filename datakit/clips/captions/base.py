@@ -1,4 +1,7 @@
-"""The captioner interface, the backends' registry and the frames a captioner receives."""
+"""The captioner interface, the backends' names and settings check, and the frames a captioner receives.
+
+The backends themselves (:mod:`datakit.clips.captions.qwen`, :mod:`datakit.clips.captions.openai_api`) build
+on this module; :func:`datakit.clips.captions.backends.make_captioner` builds the configured one."""
 
 from __future__ import annotations
 
@@ -123,17 +126,3 @@ def validate(cfg: BuildConfig) -> None:
                 "--captioner openai needs the served model name: pass --caption-api-model NAME "
                 "(what the server lists under /v1/models)"
             )
-
-
-def make_captioner(cfg: BuildConfig) -> Captioner:
-    """Build the configured backend (loads the model for ``qwen2.5-vl``)."""
-    validate(cfg)
-    if cfg.captioner == "qwen2.5-vl":
-        from datakit.clips.captions.qwen import QwenVLCaptioner
-
-        return QwenVLCaptioner.from_config(cfg)
-    if cfg.captioner == "openai":
-        from datakit.clips.captions.openai_api import OpenAICaptioner
-
-        return OpenAICaptioner.from_config(cfg)
-    raise CaptionerConfigError(NOT_CONFIGURED_HINT)

@@ -29,7 +29,7 @@ from datakit.clips.captions.qwen import QwenVLCaptioner
 from datakit.clips.frames import ClipSpan, frame_indices, sample_clip_frames
 from datakit.video.decode import probe
 from pipelines.run_info import BuildSummary
-from tests.conftest import MODELS, ROOT, VIDEOS, build_in_subprocess
+from tests.conftest import MODELS, ROOT, VIDEOS, build_in_subprocess, run_datakit
 from tests.datakit.clips.captions_helpers import ChatServer, make_tiny_qwen_vl, request_images, request_text
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be downloaded (the Ray workers inherit it)
@@ -61,12 +61,6 @@ def _copy(run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(run, dst)
     return dst
-
-
-def _datakit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "datakit.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
 
 
 def _kept(run: Path) -> list[str]:
@@ -165,7 +159,7 @@ def test_qwen_build_captions_each_kept_clip_once_and_resume_adds_none(base_run, 
 
     again = build_in_subprocess(**settings)  # resume: nothing left to caption
     assert again["captions"]["captioned"] == 0 and again["captions"]["already"] == len(kept)
-    result = _datakit(
+    result = run_datakit(
         "caption", "--manifests", str(run), "--captioner", "qwen2.5-vl", "--caption-model-dir", str(tiny_qwen)
     )
     assert result.returncode == 0, result.stderr
@@ -220,7 +214,7 @@ def test_openai_stage_retries_a_500_then_records_an_error_and_goes_on(base_run, 
     with ChatServer(flaky) as server:
         os.environ.update(env_key)
         try:
-            result = _datakit(*args, "--caption-base-url", server.url)
+            result = run_datakit(*args, "--caption-base-url", server.url)
         finally:
             os.environ.pop("OPENAI_API_KEY")
     assert result.returncode == 0, result.stderr
@@ -243,7 +237,7 @@ def test_openai_stage_retries_a_500_then_records_an_error_and_goes_on(base_run, 
 
     # the server recovers: only the failed clips are asked again, and their error rows go away
     with ChatServer(lambda body: ("ok", "Recovered.")) as server:
-        result = _datakit(*args, "--caption-base-url", server.url)
+        result = run_datakit(*args, "--caption-base-url", server.url)
     assert result.returncode == 0, result.stderr
     assert f"{len(bad)} captioned now, {good} already, 0 failed" in result.stdout
     assert len(server.requests) == len(bad)
@@ -295,7 +289,7 @@ def test_killed_caption_run_resumes_without_captioning_a_clip_twice(base_run, tm
     assert [r["caption"] for r in _stage_rows(run)] == ["First."]
 
     with ChatServer(lambda body: ("ok", "Later.")) as server:
-        result = _datakit(*args, "--caption-base-url", server.url)
+        result = run_datakit(*args, "--caption-base-url", server.url)
     assert result.returncode == 0, result.stderr
     assert f"{len(kept) - 1} captioned now, 1 already, 0 failed" in result.stdout
     assert len(server.requests) == len(kept) - 1  # the clip captioned before the kill was not asked again
@@ -348,27 +342,27 @@ def test_no_captioner_leaves_captions_null_and_says_how_to_set_one(base_run, tmp
     assert not (base / "_stage" / "captions").exists()
 
     run = _copy(base, tmp_path)
-    result = _datakit("caption", "--manifests", str(run))
+    result = run_datakit("caption", "--manifests", str(run))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--captioner qwen2.5-vl --caption-model-dir" in result.stderr
 
 
 def test_caption_settings_errors_name_the_flag(base_run, tmp_path):
     run = _copy(base_run[1], tmp_path)
-    result = _datakit("caption", "--manifests", str(run), "--captioner", "qwen2.5-vl")
+    result = run_datakit("caption", "--manifests", str(run), "--captioner", "qwen2.5-vl")
     assert result.returncode == 1 and "--caption-model-dir" in result.stderr
-    result = _datakit("caption", "--manifests", str(run), "--captioner", "openai")
+    result = run_datakit("caption", "--manifests", str(run), "--captioner", "openai")
     assert result.returncode == 1 and "--caption-base-url" in result.stderr
-    result = _datakit("caption", "--manifests", str(tmp_path / "nope"), "--captioner", "openai")
+    result = run_datakit("caption", "--manifests", str(tmp_path / "nope"), "--captioner", "openai")
     assert result.returncode == 1 and "run.json" in result.stderr
     assert json.loads((run / "run.json").read_text())["config"]["captioner"] == "none"
 
 
 def test_caption_help_explains_backends_and_resume():
-    result = _datakit("caption", "--help")
+    result = run_datakit("caption", "--help")
     assert result.returncode == 0
     for text in ("--manifests", "--captioner", "--caption-model-dir", "--caption-base-url", "qwen2.5-vl", "vLLM"):
         assert text in result.stdout
     assert "resumes" in result.stdout and "errors" in result.stdout
-    build = _datakit("build", "--help")
+    build = run_datakit("build", "--help")
     assert "--captioner" in build.stdout and "--caption-model-dir" in build.stdout

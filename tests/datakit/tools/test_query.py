@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +15,9 @@ import pytest
 from datakit.passes.identities import embeddings_to_numpy
 from datakit.tools.index import build_vector_index, recall_at_k
 from datakit.tools.query import QueryError, open_index, search_photo
-from tests.conftest import MODELS, ROOT, STILLS, VIDEOS
+from tests.conftest import MODELS, STILLS, VIDEOS, run_datakit
 
 OBAMA_VIDEOS = {"obama_weekly_address_1.mp4", "obama_weekly_address_2.mp4"}
-
-
-def _datakit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "datakit.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +53,17 @@ def test_miranda_photo_finds_the_hamilton_clip(index):
 
 
 def test_biden_is_said_plainly_to_match_nothing(run):
-    result = _datakit("query", "-m", str(run), "--image", str(STILLS / "biden.jpg"), "--models-dir", str(MODELS))
+    result = run_datakit("query", "-m", str(run), "--image", str(STILLS / "biden.jpg"), "--models-dir", str(MODELS))
     assert result.returncode == 0, result.stderr
     assert "no match above the threshold" in result.stdout
-    as_json = _datakit(
+    as_json = run_datakit(
         "query", "-m", str(run), "--image", str(STILLS / "biden.jpg"), "--models-dir", str(MODELS), "--json"
     )
     assert as_json.returncode == 0 and json.loads(as_json.stdout) == []
 
 
 def test_json_matches_have_the_documented_fields(run):
-    result = _datakit(
+    result = run_datakit(
         "query", "-m", str(run), "--image", str(STILLS / "obama.jpg"), "--models-dir", str(MODELS), "--json"
     )
     assert result.returncode == 0, result.stderr
@@ -86,7 +78,7 @@ def test_json_matches_have_the_documented_fields(run):
 
 
 def test_table_lists_the_clips_with_time_ranges(run):
-    result = _datakit("query", "-m", str(run), "--image", str(STILLS / "obama.jpg"), "--models-dir", str(MODELS))
+    result = run_datakit("query", "-m", str(run), "--image", str(STILLS / "obama.jpg"), "--models-dir", str(MODELS))
     assert result.returncode == 0, result.stderr
     assert "obama_weekly_address_1.mp4" in result.stdout and "obama_weekly_address_2.mp4" in result.stdout
     assert " s" in result.stdout and "identity" in result.stdout and "score" in result.stdout
@@ -107,7 +99,7 @@ def wall_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_photo_without_a_face_is_a_clear_error(run, wall_png):
-    result = _datakit("query", "-m", str(run), "--image", str(wall_png), "--models-dir", str(MODELS))
+    result = run_datakit("query", "-m", str(run), "--image", str(wall_png), "--models-dir", str(MODELS))
     assert result.returncode == 1
     assert "no face" in result.stderr and str(wall_png) in result.stderr and "Traceback" not in result.stderr
 
@@ -126,10 +118,10 @@ def test_identity_and_embedding_queries(index, run, tmp_path):
     assert by_id[0].identity_id == obama and by_id[0].score == pytest.approx(1.0, abs=1e-4)
     npy = tmp_path / "q.npy"
     np.save(npy, index.identity_embedding(obama))
-    result = _datakit("query", "-m", str(run), "--embedding", str(npy), "--json")
+    result = run_datakit("query", "-m", str(run), "--embedding", str(npy), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["identity_id"] == obama
-    missing = _datakit("query", "-m", str(run), "--identity", "id_nope")
+    missing = run_datakit("query", "-m", str(run), "--identity", "id_nope")
     assert missing.returncode == 1 and "id_nope" in missing.stderr
 
 
@@ -152,7 +144,7 @@ def test_runs_with_different_embedders_are_refused(run, tmp_path):
     (other / "run.json").write_text(json.dumps(record))
     with pytest.raises(QueryError, match="different embedders"):
         open_index([run, other])
-    result = _datakit("query", "-m", str(run), str(other), "--identity", "x")
+    result = run_datakit("query", "-m", str(run), str(other), "--identity", "x")
     assert result.returncode == 1 and "different embedders" in result.stderr
 
 

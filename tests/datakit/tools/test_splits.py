@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from datakit.tools.splits import assign_splits, split_run
-from tests.conftest import MODELS, ROOT, STILLS
-
-
-def _datakit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "datakit.cli", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
-    )
+from tests.conftest import MODELS, STILLS, run_datakit
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +43,7 @@ def test_split_never_puts_an_identity_in_both_splits(run):
     ids = set(pq.read_table(run / "identities", columns=["identity_id"]).column("identity_id").to_pylist())
     evals = set()
     for seed in range(6):
-        result = _datakit("split", "-m", str(run), "--eval-fraction", "0.3", "--seed", str(seed), "--json")
+        result = run_datakit("split", "-m", str(run), "--eval-fraction", "0.3", "--seed", str(seed), "--json")
         assert result.returncode == 0, result.stderr
         counts = json.loads(result.stdout)
         table = pq.read_table(run / "splits")
@@ -73,7 +65,7 @@ def test_eval_identities_are_honoured_and_mixed_samples_excluded(run, tmp_path):
     forced = shared[0]["identities"][0]["identity_id"]
     listing = tmp_path / "eval.txt"
     listing.write_text(f"# benchmark people\n{forced}\n")
-    result = _datakit("split", "-m", str(run), "--eval-fraction", "0", "--eval-identities", str(listing))
+    result = run_datakit("split", "-m", str(run), "--eval-fraction", "0", "--eval-identities", str(listing))
     assert result.returncode == 0, result.stderr
     assert "1 excluded" in result.stdout
     table = pq.read_table(run / "splits")
@@ -83,7 +75,7 @@ def test_eval_identities_are_honoured_and_mixed_samples_excluded(run, tmp_path):
     assert [r["item_id"] for r in excluded] == [shared[0]["sample_id"]] and "both splits" in excluded[0]["reason"]
     bad = tmp_path / "bad.txt"
     bad.write_text("id_not_there\n")
-    wrong = _datakit("split", "-m", str(run), "--eval-fraction", "0.2", "--eval-identities", str(bad))
+    wrong = run_datakit("split", "-m", str(run), "--eval-fraction", "0.2", "--eval-identities", str(bad))
     assert wrong.returncode == 1 and "id_not_there" in wrong.stderr
 
 
@@ -101,7 +93,7 @@ def test_leakage_flags_obama_and_not_biden(run, tmp_path):
     obama = tmp_path / "bench_obama"
     obama.mkdir()
     shutil.copy(STILLS / "obama.jpg", obama / "obama.jpg")
-    flagged = _datakit("leakage", "-m", str(run), "--images", str(obama), "--models-dir", str(MODELS), "--json")
+    flagged = run_datakit("leakage", "-m", str(run), "--images", str(obama), "--models-dir", str(MODELS), "--json")
     assert flagged.returncode == 1, flagged.stderr
     report = json.loads(flagged.stdout)
     assert report["leaked"] and len(report["leaks"]) == 1
@@ -112,7 +104,7 @@ def test_leakage_flags_obama_and_not_biden(run, tmp_path):
     biden = tmp_path / "bench_biden"
     biden.mkdir()
     shutil.copy(STILLS / "biden.jpg", biden / "biden.jpg")
-    clean = _datakit("leakage", "-m", str(run), "--images", str(biden), "--models-dir", str(MODELS))
+    clean = run_datakit("leakage", "-m", str(run), "--images", str(biden), "--models-dir", str(MODELS))
     assert clean.returncode == 0, clean.stderr + clean.stdout
     assert "no leakage" in clean.stdout
 
@@ -132,9 +124,9 @@ def test_leakage_reads_a_case_file(run, tmp_path):
         },
     ]
     cases.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = _datakit("leakage", "-m", str(run), "--images", str(cases), "--models-dir", str(MODELS), "--json")
+    result = run_datakit("leakage", "-m", str(run), "--images", str(cases), "--models-dir", str(MODELS), "--json")
     assert result.returncode == 1, result.stderr
     leaks = json.loads(result.stdout)["leaks"]
     assert [leak["used_by"] for leak in leaks] == [[{"case_id": "c2", "identity_id": "p2", "view": "frontal"}]]
-    help_text = _datakit("leakage", "--help").stdout
+    help_text = run_datakit("leakage", "--help").stdout
     assert "exit" in help_text.lower() and "1" in help_text

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from datakit import schema
 from datakit.config import BuildConfig
 from datakit.faces import build_face_stack
+from datakit.video.decode import probe
 from datakit.video.discover import discover
 from datakit.video.job import process_video
+from datakit.video.rows import probe_columns, videos_row, videos_table
+from datakit.video.shots import Segment
 from tests.conftest import MODELS, VIDEOS
 
 
@@ -49,29 +53,16 @@ def test_a_library_failure_inside_a_video_becomes_an_error_row(stack, monkeypatc
     assert out.tables["videos"]["status"].to_pylist() == ["failed"]
 
 
-def test_a_video_that_keeps_killing_workers_is_given_up(tmp_path):
-    import numpy as np
-
-    from datakit.store import RunDir
-    from pipelines.build import MAX_ATTEMPTS, _worker_class
-
+def test_the_videos_row_has_every_column_and_falls_back_to_the_clips_for_its_duration():
     src = _source("single_face.mp4")
-    worker = _worker_class(BuildConfig(src=VIDEOS, out=tmp_path, models_dir=MODELS))()
-    batch = {
-        k: np.array([v])
-        for k, v in {
-            "path": str(src.path),
-            "rel_path": src.rel_path,
-            "video_id": src.video_id,
-            "size_bytes": src.size_bytes,
-            "kind": src.kind,
-            "problem": "",
-        }.items()
-    }
-    run = RunDir(tmp_path)
-    for _ in range(MAX_ATTEMPTS):  # earlier workers started on it and died before writing anything
-        run.count_attempt(src.video_id)
-    out = worker(batch)
-    assert out["status"] == ["failed"] and src.video_id in run.done_ids()
-    error = run.read("errors").to_pylist()[0]
-    assert error["error_type"] == "WorkerCrash" and "skipped" in error["message"]
+    info = probe(src.path)
+    clips = [Segment(0, 10, 0.0, 0.4), Segment(10, 30, 0.4, 1.2)]
+    row = videos_row(src, "ok", probe=probe_columns(info), num_frames=30, clips=clips)
+    assert set(row) == set(schema.VIDEOS.names) and videos_table(row).to_pylist() == [row]
+    assert row["width"] == info.width and row["duration_s"] == info.duration_s > 0
+    unknown = {**probe_columns(info), "duration_s": None}  # a container that does not say how long it is
+    assert videos_row(src, "ok", probe=unknown, clips=clips)["duration_s"] == 1.2
+    assert videos_row(src, "ok", probe=unknown, clips=[])["duration_s"] is None
+    assert videos_row(src, "failed", probe=unknown)["duration_s"] is None  # not decoded: no clips to go by
+    copy = videos_row(src, "duplicate", error="same content as x", video_id="p_1")
+    assert copy["video_id"] == "p_1" and copy["path"] == src.rel_path and copy["fps"] is None

@@ -16,10 +16,17 @@ import pytest
 
 from datakit import schema
 from datakit.cli import main
-from datakit.clips.filters import DROP_REASONS, FILTER_FIELDS, apply_clip_filters
+from datakit.clips.filters import (
+    CHEAP_FILTERS,
+    DROP_REASONS,
+    FILTER_FIELDS,
+    FILTERS,
+    MODEL_FILTERS,
+    apply_clip_filters,
+)
 from datakit.config import BuildConfig
 from datakit.video.quality import FLOW_WIDTH_PX, QualityScan
-from pipelines.build import GLOBAL_ONLY
+from pipelines.resume import GLOBAL_ONLY
 from tests.conftest import MODELS, VIDEOS, build_in_subprocess
 
 
@@ -184,6 +191,19 @@ def test_null_scores_pass_except_a_missing_main_face_in_a_scored_clip():
     assert _reasons([], filter_min_brightness=0.5) == []
 
 
+def test_cheap_then_model_based_filters_give_the_reasons_of_one_pass():
+    # The stage order filters twice: cheap filters before the captions, model-based ones after the scores.
+    assert FILTERS == CHEAP_FILTERS + MODEL_FILTERS  # every cheap filter is checked before any model-based one
+    dark_and_ugly = {"brightness": 0.01, "face_share": 1.0, "aesthetic_score": 1.0}
+    ugly = {"brightness": 0.5, "face_share": 1.0, "aesthetic_score": 1.0}
+    fine = {"brightness": 0.5, "face_share": 1.0, "aesthetic_score": 9.0}
+    rows, limits = [dark_and_ugly, ugly, fine], {"filter_min_brightness": 0.03, "filter_min_aesthetic": 5.0}
+    cheap = apply_clip_filters(_clips(rows), limits, CHEAP_FILTERS)
+    assert cheap.column("drop_reason").to_pylist() == ["too_dark", None, None]
+    both = apply_clip_filters(cheap, limits, MODEL_FILTERS, fresh=False)
+    assert both.column("drop_reason").to_pylist() == _reasons(rows, **limits) == ["too_dark", "low_aesthetic", None]
+
+
 def test_default_config_thresholds_apply(shipped_run):
     clips = _table(shipped_run, "clips")
     again = apply_clip_filters(clips, BuildConfig(src=".", out="."))
@@ -269,7 +289,7 @@ def test_clip_scorer_plumbing_with_a_tiny_random_open_clip(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("open_clip")
 
-    from datakit.video.quality import ClipScorer
+    from datakit.clips.open_clip import ClipScorer
 
     folder, head = write_tiny_open_clip(tmp_path)
     frames = [bgr for _, _, bgr in _frames("obama_weekly_address_1.mp4", 30, 90)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from harmoview.cli import main
 from harmoview.evaluate import Case, CaseFileError, CaseIdentity, read_cases, write_cases
 from harmoview.evaluate.frames import motion_px, sample_frames
 from harmoview.evaluate.metrics import embed_identity, embed_reference, face_metrics, yaw_in_range_rate
@@ -24,17 +24,9 @@ if not VIDEOS.is_dir() or not MODELS.is_dir():
     pytest.skip(f"shared media/models not found at {SHARED}", allow_module_level=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    from harmoview.cli.evaluate import add_evaluate_parsers
-
-    parser = argparse.ArgumentParser(prog="harmoview")
-    add_evaluate_parsers(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def _run_cli(*argv: str) -> int:
-    args = _parser().parse_args([str(a) for a in argv])
-    return args.func(args)
+def _run_cli(*argv: str | Path) -> int:
+    """`harmoview ARGV` through the console script's entry point (its one error path included)."""
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +251,8 @@ def test_case_file_errors_name_the_line(tmp_path, line, message):
 def test_cli_reports_a_bad_case_file(tmp_path, capsys):
     (tmp_path / "cases.jsonl").write_text("[]\n")
     code = _run_cli("evaluate", "--cases", tmp_path / "cases.jsonl", "--videos", tmp_path, "--out", tmp_path / "o")
-    assert code == 1 and "a case must be a JSON object" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("harmoview evaluate: error: ") and "a case must be a JSON object" in err
 
 
 def _identity_of_video(run: Path, file_name: str) -> str:

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from harmoview.model.encoders import EncoderPaths
+from harmoview.testing import tiny_vit_layers
 from harmoview.train.recipes import TrainConfig, apply_overrides, get_recipe
 from harmoview.train.trainer import TrainRun
 
 ROOT = Path(__file__).resolve().parents[3]
-TINY_VIT_LAYERS = (0, 1)  # two depths of the tiny ViT = the tiny DiT's vit_num_levels
 TEXT_LEN = 16
 
 
@@ -25,7 +25,7 @@ def tiny_config(recipe: str, **overrides: object) -> TrainConfig:
 def tiny_run(manifests: Path, encoders: EncoderPaths, out: Path, init: Path | None, **kwargs: object) -> TrainRun:
     return TrainRun(
         manifests=[manifests], out=out, encoders=encoders, init=init, text_len=TEXT_LEN,
-        vit_layers=TINY_VIT_LAYERS, progress=False, **kwargs,
+        vit_layers=tiny_vit_layers, progress=False, **kwargs,
     )  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def encoder_args(encoders: EncoderPaths) -> list[str]:
     return [
         "--vae", str(encoders.vae), "--text-encoder", str(encoders.text_encoder),
         "--tokenizer", str(encoders.tokenizer), "--vit", str(encoders.vit),
-        "--vit-layers", *map(str, TINY_VIT_LAYERS), "--text-len", str(TEXT_LEN),
+        "--vit-layers", *map(str, tiny_vit_layers), "--text-len", str(TEXT_LEN),
     ]  # fmt: skip
 
 

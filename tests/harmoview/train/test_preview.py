@@ -15,7 +15,7 @@ from harmoview import build_model, get_config
 from harmoview.data.video_io import write_contact_png, write_video
 from harmoview.model.encoders import Encoders
 from harmoview.model.references import References
-from harmoview.pipeline import Conditions, Guidance, sample
+from harmoview.sampling import Conditions, Guidance, sample
 from harmoview.testing import tiny_vit_layers, write_tiny_encoders
 from harmoview.train.inputs import EncodedBatch, encode_batch
 from harmoview.train.preview import render_preview

@@ -21,6 +21,7 @@ import torch
 from harmoview import from_pretrained, is_harmoview_param, read_state_dict
 from harmoview.cli import main
 from harmoview.model.encoders import Encoders
+from harmoview.testing import tiny_vit_layers
 from harmoview.train.cache import build_cache
 from harmoview.train.log import MetricsLog
 from harmoview.train.trainer import Trainer, train
@@ -28,7 +29,6 @@ from tests.conftest import VIDEOS
 from tests.harmoview.train.helpers import (
     ROOT,
     TEXT_LEN,
-    TINY_VIT_LAYERS,
     cli_args,
     encoder_args,
     losses,
@@ -44,7 +44,7 @@ STAGES = ("pvc-stage1", "pvc-stage2", "pvc-stage3", "pvc-stage4")
 @pytest.fixture(scope="module")
 def cache_dir(shipped_run, tiny_encoders, tmp_path_factory) -> Path:
     """Encodings of every shipped sample for the tiny buckets (what `harmoview cache` writes)."""
-    encoders = Encoders.load(tiny_encoders, text_len=TEXT_LEN, vit_layers=TINY_VIT_LAYERS)
+    encoders = Encoders.load(tiny_encoders, text_len=TEXT_LEN, vit_layers=tiny_vit_layers)
     data = tiny_config("pvc-stage4").data
     data.ref_size = (32, 32)  # the tiny DiT's 4x4 reference latents at VAE stride 8
     out = tmp_path_factory.mktemp("cache")
@@ -110,7 +110,7 @@ def test_overfitting_one_real_sample_cuts_the_loss_tenfold(shipped_run, tiny_enc
     _rewrite_samples(run, lambda rows: [r for r in rows if r["video_path"] == "obama_weekly_address_1.mp4"])
     config = tiny_config("pvc-stage2", steps=300, lr=3e-3, ema_decay=0.0, dropout={"p_text": 0.0})
     config.data.ref_size = (32, 32)
-    encoders = Encoders.load(tiny_encoders, text_len=TEXT_LEN, vit_layers=TINY_VIT_LAYERS)
+    encoders = Encoders.load(tiny_encoders, text_len=TEXT_LEN, vit_layers=tiny_vit_layers)
     build_cache([run], tmp_path / "cache", encoders, config.data, progress=False)
     summary = train(config, tiny_run(run, tiny_encoders, tmp_path / "out", tiny_init, cache=tmp_path / "cache"))
     assert summary.usable_samples == 1
