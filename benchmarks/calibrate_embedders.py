@@ -12,6 +12,15 @@ recording is easier than two); *diff* = different people, any sources. A pair's 
 of its two faces and its size the smaller face size.
 
     python benchmarks/calibrate_embedders.py [--embedders dlib,arcface] [--out /tmp/calib_report.md]
+
+**Track sets** (``--track-sets RUN [RUN ...]``, issue 15): the set-to-set score of the within-video
+consolidation (:mod:`datakit.passes.consolidate`), at track level, on the embedded faces of finished
+``datakit build`` runs of one stack (e.g. ``benchmarks/identity_quality.py --keep DIR``, plus a crowd run).
+Pairs of tracks: *same* / *diff* from the labels of :mod:`benchmarks.media_truth` (split into within one
+video and across videos), and *on screen together*: two tracks of one clip that overlap in time, which
+are different people in any footage (no labels needed: this is how the crowd clip contributes its many
+45-80 px background faces, the hardest negatives). Scores: max, mean of the top 3, mean of all face
+pairs, cosine of the mean embeddings.
 """
 
 from __future__ import annotations
@@ -422,17 +431,118 @@ def run(names: list[str]) -> list[dict]:
     return recs
 
 
+SET_SCORES = ("max", "top3", "all", "mean_emb")
+
+
+def _track_sets(run: Path) -> tuple[dict, dict]:
+    """(per track: label, video, clip, start, end; per track: its embedded faces as unit rows)."""
+    import pyarrow.dataset as ds
+
+    from benchmarks.identity_quality import track_labels
+
+    labels = track_labels(run)
+    tracks = ds.dataset(run / "tracks").to_table(columns=["track_id", "clip_id", "start_s", "end_s", "drop_reason"])
+    faces = ds.dataset(run / "faces").to_table(columns=["track_id", "embedding"])
+    sets: dict[str, list] = {}
+    for tid, emb in zip(faces.column("track_id").to_pylist(), faces.column("embedding").to_pylist(), strict=True):
+        if emb is not None:
+            v = np.asarray(emb, np.float32)
+            sets.setdefault(tid, []).append(v / np.linalg.norm(v))
+    chain = _chains(run, tracks)
+    info = {}
+    for r in tracks.to_pylist():
+        if r["drop_reason"] in (None, "fragment") and r["track_id"] in sets:
+            lab = labels.get(r["track_id"], {})
+            info[r["track_id"]] = dict(r, label=lab.get("label"), video=lab.get("video"), chain=chain[r["track_id"]])
+    return info, {t: np.stack(v) for t, v in sets.items() if t in info}
+
+
+def _chains(run: Path, tracks) -> dict[str, str]:
+    """Per track, the first track of its chain: pieces of one appearance joined across length splits by
+    position and time (:func:`datakit.passes.consolidate.split_chains`, with the run's settings)."""
+    import json
+
+    import pyarrow.dataset as ds
+
+    from datakit.passes.consolidate import Continuity, length_splits, split_chains
+
+    cfg = json.loads((run / "run.json").read_text())["config"]
+    clips = ds.dataset(run / "clips").to_table()
+    faces = ds.dataset(run / "faces").to_table(columns=["track_id", "t_s", "bbox"])
+    gates = Continuity(cfg["track_max_gap_s"], cfg["track_max_shift"], cfg["track_max_scale"], cfg["sample_fps"])
+    codes = split_chains(tracks, faces, length_splits(clips, cfg["max_clip_s"]), gates)
+    ids = tracks.column("track_id").to_pylist()
+    return {t: ids[c] for t, c in zip(ids, codes, strict=True)}
+
+
+def _set_score(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    sims = np.sort((a @ b.T).ravel())[::-1]
+    ma, mb = a.mean(0), b.mean(0)
+    return {
+        "max": float(sims[0]),
+        "top3": float(sims[:3].mean()),
+        "all": float(sims.mean()),
+        "mean_emb": float(ma @ mb / np.linalg.norm(ma) / np.linalg.norm(mb)),
+    }
+
+
+def track_set_pairs(runs: list[Path]) -> dict[str, list[dict]]:
+    """Scores of track pairs by kind: same_chain (pieces of one appearance, joined across length splits by
+    position), same_within, same_across, diff, together (see the module docstring)."""
+    out: dict[str, list[dict]] = {"same_chain": [], "same_within": [], "same_across": [], "diff": [], "together": []}
+    for run in runs:
+        info, sets = _track_sets(run)
+        ids = sorted(info)
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                ta, tb = info[a], info[b]
+                if ta["chain"] == tb["chain"]:
+                    out["same_chain"].append(_set_score(sets[a], sets[b]))
+                    continue
+                if ta["clip_id"] == tb["clip_id"] and ta["start_s"] <= tb["end_s"] and tb["start_s"] <= ta["end_s"]:
+                    out["together"].append(_set_score(sets[a], sets[b]))
+                    continue
+                truth = mt.same_person(ta["label"], tb["label"])
+                if truth is None:
+                    continue
+                kind = "diff" if not truth else "same_within" if ta["video"] == tb["video"] else "same_across"
+                out[kind].append(_set_score(sets[a], sets[b]))
+    return out
+
+
+def print_track_sets(runs: list[Path]) -> None:
+    """The track-set score distributions per pair kind and score, and where a threshold separates them."""
+    pairs = track_set_pairs(runs)
+    print(f"track sets of {', '.join(str(r) for r in runs)}\n")
+    print("```")
+    for score in SET_SCORES:
+        print(f"{score}:")
+        print(f"  {'kind':<12}" + HEAD)
+        for kind, rows in pairs.items():
+            print(f"  {kind:<12}" + _stats(np.array([r[score] for r in rows])))
+        neg = [r[score] for k in ("diff", "together") for r in pairs[k]]
+        pos = [r[score] for k in ("same_chain", "same_within", "same_across") for r in pairs[k]]
+        if neg and pos:
+            hi = max(neg)
+            print(f"  highest different {hi:.3f}; same pairs above it: {np.mean(np.array(pos) > hi):.2f}")
+    print("```\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--embedders", default="dlib,arcface", help="comma list of: dlib, arcface")
     parser.add_argument("--out", type=Path, default=None, help="also write the printed report to this file")
+    parser.add_argument("--track-sets", type=Path, nargs="+", default=None, help="score track sets of these runs")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     tee = Tee()
 
     with redirect_stdout(tee):
         print(f"# Embedder calibration on real faces ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
-        run([n.strip() for n in args.embedders.split(",") if n.strip()])
+        if args.track_sets:
+            print_track_sets(args.track_sets)
+        else:
+            run([n.strip() for n in args.embedders.split(",") if n.strip()])
     if args.out:
         args.out.write_text(tee.text)
 

@@ -322,6 +322,117 @@ def score(run: Path, summary: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------------ relink: before / after (issue 15)
+
+
+def relink(run: Path, dest: Path, *, after: bool) -> dict:
+    """A copy of ``run`` at ``dest`` with its identity tables re-made from the stored per-video output.
+
+    ``after=False``: the identity pass before issue 15 (track gates, then cross-video linking of single
+    tracks); ``after=True``: this version's (gates, within-video consolidation and fragments, then linking of
+    the consolidated groups). No model re-runs, so both see the same faces: the difference is the pass alone.
+    Returns the run's recorded summary (for :func:`score`).
+    """
+    import json
+    import shutil
+
+    import pyarrow.compute as pc
+
+    from datakit.config import BuildConfig
+    from datakit.faces import build_face_stack
+    from datakit.passes.consolidate import consolidate_passed
+    from datakit.passes.gates import GateThresholds, apply_gates
+    from datakit.passes.identities import build_identities, link_identities
+    from datakit.store import RunDir
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("_index", "samples", "reference_views"))
+    record = json.loads((run / "run.json").read_text())
+    names = {f for f in BuildConfig.__dataclass_fields__}
+    cfg = BuildConfig(**{k: v for k, v in record["config"].items() if k in names and k != "view_bins"})
+    stack = build_face_stack(cfg.backend, cfg.models_dir, cfg.insightface_pack, cfg.det_threshold)
+    faces, tracks, clips = (_read(dest, name) for name in ("faces", "_stage/tracks", "_stage/clips"))
+    tracks = apply_gates(tracks, faces, GateThresholds.resolve(cfg, stack.detector))
+    groups = None
+    if after:
+        tracks, groups = consolidate_passed(tracks, faces, clips, cfg, stack.embedder)
+    passed = pc.is_null(tracks.column("drop_reason"))
+    keep = passed.to_numpy(zero_copy_only=False)
+    threshold = cfg.same_person_cosine or stack.embedder.same_person_cosine
+    linked = link_identities(
+        tracks.filter(passed), same_person_cosine=threshold, groups=None if groups is None else groups[keep]
+    )
+    out = RunDir(dest)
+    out.replace_table("tracks", pa_concat([linked, tracks.filter(pc.invert(passed)).cast(linked.schema)]))
+    out.replace_table("identities", build_identities(linked, faces, stack.embedder.dim))
+    return {**record.get("summary", {}), "face_stack": stack.name}
+
+
+def pa_concat(tables):
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)
+
+
+def crowd_scores(run: Path) -> dict:
+    """The crowd clip's identity facts: identities, one- / two-face identities, drops, and identities that
+    hold boxes on one face in one frame (a box centre inside another identity's box)."""
+    tracks = _read(run, "tracks").to_pylist()
+    faces = _read(run, "faces").select(["track_id", "clip_id", "frame_index", "bbox"]).to_pylist()
+    ident = {t["track_id"]: t["identity_id"] for t in tracks}
+    per_ident: Counter = Counter()
+    by_frame: dict = defaultdict(list)
+    for f in faces:
+        if ident.get(f["track_id"]):
+            per_ident[ident[f["track_id"]]] += 1
+            by_frame[f["frame_index"]].append((ident[f["track_id"]], f["bbox"]))
+    shared = set()
+    for boxes in by_frame.values():
+        for ia, a in boxes:
+            for ib, b in boxes:
+                cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+                if ia != ib and a[0] <= cx <= a[2] and a[1] <= cy <= a[3]:
+                    shared.add(frozenset((ia, ib)))
+    frames = sorted({f["frame_index"] for f in faces})
+    cover = []
+    for frame, x, y in mt.CROWD_FOREGROUND.values():
+        hit = {i for i, b in by_frame.get(frame, ()) if b[0] <= x <= b[2] and b[1] <= y <= b[3]}
+        person = next(iter(hit)) if len(hit) == 1 else None
+        cover.append((person, sum(1 for fr in frames if any(i == person for i, _ in by_frame.get(fr, ())))))
+    return {
+        "tracks": len(tracks),
+        "foreground identities (of 3)": len({p for p, _ in cover if p}),
+        "foreground frames covered by their identity": " / ".join(f"{n}/{len(frames)}" for _, n in cover),
+        "identities": len(per_ident),
+        "one_face": sum(1 for n in per_ident.values() if n == 1),
+        "two_face": sum(1 for n in per_ident.values() if n == 2),
+        "drops": dict(Counter(t["drop_reason"] for t in tracks if t["drop_reason"])),
+        "pairs_on_one_face": len(shared),
+    }
+
+
+def print_relink(runs: list[Path], work: Path) -> None:
+    """Before / after tables of the identity pass over stored runs (crowd runs: the crowd facts)."""
+    for run in runs:
+        res = {}
+        for label, after in (("before", False), ("after", True)):
+            dest = work / f"{run.name}_{label}"
+            summary = relink(run, dest, after=after)
+            crowd = any(Path(v).name == "crowd_walk.mp4" for v in _read(run, "videos").column("path").to_pylist())
+            res[label] = crowd_scores(dest) if crowd else score(dest, summary)
+            if "pairwise" in res[label]:
+                res[label]["wall_s"] = float("nan")
+        print(f"### {run}\n")
+        if "pairwise" in res["before"]:
+            print_table(res)
+        else:
+            print("| | " + " | ".join(res) + " |\n|---|---|---|")
+            for key in res["before"]:
+                print(f"| {key} | " + " | ".join(str(r[key]) for r in res.values()) + " |")
+            print()
+
+
 # -------------------------------------------------------------------------------------------- detect time
 
 
@@ -637,7 +748,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-faces", action="store_true", help="also measure 4K small-face recall")
     parser.add_argument("--no-builds", action="store_true", help="skip the builds (detect time / small faces only)")
     parser.add_argument("--keep", type=Path, default=None, help="build into this folder (kept) instead of a temp one")
+    parser.add_argument(
+        "--relink", type=Path, nargs="+", default=None, help="only: before/after identity pass over these stored runs"
+    )
     args = parser.parse_args(argv)
+    if args.relink:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_relink(args.relink, args.keep or Path(tmp))
+        return
     stacks = [s.strip() for s in args.stacks.split(",") if s.strip()]
     for s in stacks:
         if s.partition(":")[0] not in STACKS or s.partition(":")[2] not in ("", "nogates"):

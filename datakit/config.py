@@ -137,6 +137,16 @@ class BuildConfig:
     segment_s: float = 60.0
     # --- end long videos ---
     overwrite: bool = False  #: start over instead of resuming
+    # --- within-video consolidation and fragments (datakit/passes/consolidate.py) ---
+    #: least set-to-set score (mean face-to-face cosine) for two track chains of one video to be one person;
+    #: None = the embedder's calibrated value (consolidate.CONSOLIDATE_COSINE, see BENCHMARKS.md)
+    consolidate_cosine: float | None = None
+    #: the set-to-set score averages the k best face pairs of two chains; 0 = all pairs (calibrated default)
+    consolidate_top_k: int = 0
+    #: a track chain (pieces joined across length splits) with fewer faces that joins no group of more
+    #: evidence gets drop_reason "fragment"; 0 = never
+    fragment_min_faces: int = 3
+    # --- end consolidation ---
 
     def __post_init__(self) -> None:
         self.src, self.out = Path(self.src), Path(self.out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = "1.0"
-PIPELINE_VERSION = "datakit-0.2.0"
+PIPELINE_VERSION = "datakit-0.3.0"
 
 #: Reference view slots / view bins, in the model's slot order (see datakit.views).
 VIEWS: tuple[str, ...] = ("frontal", "left", "right", "left_profile", "right_profile")
@@ -65,6 +65,11 @@ CLIPS = _with_version(
         pa.field("aesthetic_score", pa.float32()),  # null unless an aesthetic head is configured
         pa.field("clip_score", pa.float32()),  # image-text score; null unless open_clip and a caption exist
         pa.field("drop_reason", pa.string()),  # null = kept; else the first clip filter failed (datakit.clips.filters)
+        # Duplicate footage (datakit.video.fingerprint, datakit.passes.contexts): clips of one recording share a
+        # context_id (filled by the global pass; null in the per-video stage table).
+        pa.field("context_id", pa.string()),
+        pa.field("fingerprint", pa.list_(pa.int64())),  # 64-bit DCT hash of each sampled, non-flat frame
+        pa.field("fingerprint_t_s", pa.list_(pa.float64())),  # the time of each of those frames
         # Captions (datakit.clips.captions): null when no captioner is configured.
         pa.field("caption", pa.string()),
         pa.field("caption_model", pa.string()),
@@ -155,6 +160,7 @@ REFERENCE_VIEWS = _with_version(
         pa.field("track_id", pa.string(), nullable=False),
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("video_id", pa.string(), nullable=False),
+        pa.field("context_id", pa.string()),  # the clip's recording (datakit.passes.contexts)
         pa.field("frame_index", pa.int64(), nullable=False),
         pa.field("t_s", pa.float64(), nullable=False),
         pa.field("yaw_deg", pa.float32()),
@@ -172,6 +178,8 @@ SAMPLE_REFERENCE = pa.struct(
         pa.field("face_id", pa.string()),
         pa.field("clip_id", pa.string()),
         pa.field("same_clip", pa.bool_()),  # true only when no other clip could supply this view
+        pa.field("context_id", pa.string()),  # the reference clip's recording
+        pa.field("same_context", pa.bool_()),  # true when it shows the target clip's recording (a copy or itself)
         pa.field("crop", pa.binary()),
         pa.field("face_box", pa.list_(pa.float32(), 4)),  # x0,y0,x1,y1 in crop pixels
     ]
@@ -188,6 +196,7 @@ SAMPLES = _with_version(
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("video_id", pa.string(), nullable=False),
+        pa.field("context_id", pa.string()),  # the target clip's recording (datakit.passes.contexts)
         pa.field("video_path", pa.string(), nullable=False),  # relative to the source root
         pa.field("start_s", pa.float64(), nullable=False),
         pa.field("end_s", pa.float64(), nullable=False),

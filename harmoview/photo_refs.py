@@ -80,7 +80,8 @@ def route_photo(
     from datakit.tools.photos import read_photo_bgr
 
     frame = read_photo_bgr(ref.path)
-    faces = sorted(stack.detect(frame), key=lambda f: f.bbox[0])  # left to right: --face N counts from the left
+    # left to right (--face N counts from the left); detect_photo also finds a face that fills a tight crop
+    faces = sorted(stack.detect_photo(frame), key=lambda f: f.bbox[0])
     if not faces:
         raise ValueError(f"no face found in reference photo {ref.path} (face stack {stack.name})")
     if face is None and len(faces) > 1:

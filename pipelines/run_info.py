@@ -16,6 +16,7 @@ from datakit import schema
 from datakit.clips.captions import NOT_CONFIGURED_HINT, CaptionSummary
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
+from datakit.passes.samples import num_other_context
 from datakit.store import RunDir
 
 _PACKAGES = (
@@ -61,6 +62,10 @@ class BuildSummary:
     long_videos: dict = field(default_factory=dict)
     #: per worker process ("host:pid") of this run: busy seconds, items (videos or segments) and videos
     workers: dict = field(default_factory=dict)
+    #: samples with at least one reference from another context (recording) than their clip (datakit.passes.contexts)
+    num_samples_other_context: int = 0
+    #: contexts found in several videos: footage duplicated across files (re-uploads, copies)
+    num_shared_contexts: int = 0
 
     @classmethod
     def from_run(
@@ -83,6 +88,7 @@ class BuildSummary:
         clips = run.read("clips", schema.CLIPS)
         clips_dropped = Counter(r for r in clips.column("drop_reason").to_pylist() if r is not None)
         multi = int(pc.sum(pc.greater(identities["num_videos"], 1)).as_py() or 0) if identities.num_rows else 0
+        samples = run.read("samples", schema.SAMPLES)
         return cls(
             out=str(run.root),
             face_stack=stack.name,
@@ -96,7 +102,7 @@ class BuildSummary:
             num_identities=identities.num_rows,
             num_multi_video_identities=multi,
             num_reference_views=run.read("reference_views", schema.REFERENCE_VIEWS).num_rows,
-            num_samples=run.read("samples", schema.SAMPLES).num_rows,
+            num_samples=samples.num_rows,
             num_errors=run.read("errors", schema.ERRORS).num_rows,
             resumed_videos=resumed,
             wall_s=wall_s,
@@ -110,6 +116,8 @@ class BuildSummary:
             },
             long_videos=_long_videos(run),
             workers=dict(sorted((workers or {}).items())),
+            num_samples_other_context=num_other_context(samples),
+            num_shared_contexts=_shared_contexts(clips),
         )
 
     def format(self) -> str:
@@ -134,7 +142,9 @@ class BuildSummary:
             + f", faces {self.num_faces}, tracks {self.num_tracks}"
             + _dropped(self.tracks_dropped, "gates"),
             f"  identities {self.num_identities} ({self.num_multi_video_identities} in several videos), "
-            f"reference views {self.num_reference_views}, samples {self.num_samples}",
+            f"reference views {self.num_reference_views}, samples {self.num_samples}"
+            f" ({self.num_samples_other_context} with references from another context)",
+            f"  contexts   : {self.num_shared_contexts} recordings found in several videos (duplicate footage)",
             f"  captions   : {self._captions()}",
             f"  errors     : {self.num_errors}" + (f" (see {self.out}/errors)" if self.num_errors else ""),
         ]
@@ -171,6 +181,15 @@ def _long_videos(run: RunDir) -> dict:
     split = [p for p in plans if p.get("split")]
     not_split = Counter(p.get("reason", "") for p in plans if not p.get("split"))
     return {"split": len(split), "segments": sum(len(p["segments"]) for p in split), "not_split": dict(not_split)}
+
+
+def _shared_contexts(clips) -> int:
+    """How many contexts hold clips of more than one video."""
+    videos: dict[str, set] = {}
+    for ctx, video in zip(clips["context_id"].to_pylist(), clips["video_id"].to_pylist(), strict=True):
+        if ctx is not None:
+            videos.setdefault(ctx, set()).add(video)
+    return sum(len(v) > 1 for v in videos.values())
 
 
 def _dropped(counts: dict[str, int], by: str) -> str:

@@ -21,7 +21,7 @@ import ray
 from tqdm import tqdm
 
 from datakit.config import BuildConfig
-from datakit.faces import FaceStack, build_face_stack
+from datakit.faces import FaceStack, build_face_stack, choose_auto_backend
 from datakit.faces.model_files import resolve_models_dir
 from datakit.store import RunDir
 from datakit.video.decode import VideoError
@@ -71,10 +71,14 @@ def worker_config(cfg: BuildConfig, stack: FaceStack) -> BuildConfig:
     With ``auto`` and the per-user default folder, a cluster node without the files would otherwise
     fall back to dlib on its own while run.json names the driver's stack; pinned, it fails loudly.
     """
+    models_dir = resolve_models_dir(cfg.models_dir)
     if cfg.backend != "auto":
-        return dataclasses.replace(cfg, models_dir=resolve_models_dir(cfg.models_dir))
-    backend = "yunet" if stack.name.startswith("yunet") else "dlib"
-    return dataclasses.replace(cfg, backend=backend, models_dir=resolve_models_dir(cfg.models_dir))
+        return dataclasses.replace(cfg, models_dir=models_dir)
+    choice = choose_auto_backend(cfg.models_dir, cfg.insightface_pack)  # the choice the driver's stack made
+    if not stack.name.startswith(choice.backend):
+        raise RuntimeError(f"face stack {stack.name!r} is not the auto choice {choice.backend!r}: {choice.reason}")
+    pack = choice.insightface_pack or cfg.insightface_pack
+    return dataclasses.replace(cfg, backend=choice.backend, insightface_pack=pack, models_dir=models_dir)
 
 
 class VideoWorker:

@@ -43,12 +43,14 @@ linked across videos, reference views per identity and view bin, training sample
 to OUT/<table>/*.parquet (videos, clips, faces, tracks, identities, reference_views, samples, errors)
 with OUT/run.json. A killed run resumes where it stopped when you run the same command again.
 
-Face stacks (--backend auto picks the first that can run):
+Face stacks (--backend auto takes the first that can run; the summary names it, its notes say why):
+  insightface  an insightface (ArcFace) pack: --insightface-pack or DATAKIT_INSIGHTFACE_PACK, or one
+               that `datakit models fetch --pack NAME --accept-licence` put in the model folder
+               (non-commercial research licence); needs the insightface package
   yunet        YuNet detector + FSA-Net head pose + dlib ResNet embedding; needs the model folder
                (--models-dir or DATAKIT_MODELS_DIR, else the per-user folder that
                `datakit models fetch` fills) holding the ONNX files
   dlib         pip-only fallback: dlib HOG detector + 68-landmark pose + dlib embedding (no profiles)
-  insightface  a local insightface pack (--insightface-pack or DATAKIT_INSIGHTFACE_PACK)
 """
 
 
@@ -101,49 +103,109 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+MODELS_FETCH_HELP = """\
+Download model files into the models folder, each verified by SHA-256, renamed into place only then,
+resumed when run again after an interruption; files already there and intact are skipped.
+
+Without --pack: the default stack's YuNet + FSA-Net ONNX files (dlib's come with its wheel).
+With --pack NAME: an insightface (ArcFace) pack into <folder>/NAME/, which `--backend auto` then prefers.
+Its licence is printed first: the insightface models are for non-commercial research only, and nothing
+is downloaded unless --accept-licence is given. buffalo_l / antelopev2 have no published checksum, so
+they need --sha256 HEX of a copy you trust; insightface_sc_int8 (the int8 MobileFaceNet pack this project
+calibrates on) is pinned.
+"""
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:
+    from datakit.faces.model_files import INSIGHTFACE_PACKS
+
     p = add_command(
         sub,
         "models",
         _run_models_list,
-        help="list the face stacks' model files, or fetch the default stack's",
-        description="List each face stack's files: source URL, licence, SHA-256 and whether present. "
-        "`datakit models fetch` downloads the default stack's files (the only command that downloads).",
+        help="list the face stacks' model files, or fetch the default stack's or an insightface pack",
+        description="List each face stack's files and the insightface packs: source URL, licence, SHA-256 and"
+        " whether present. `datakit models fetch` downloads them (the only command that downloads).",
     )
     add_models_dir(p, f"folder to check (default: {MODELS_DIR_DEFAULT})")
     actions = p.add_subparsers(dest="action", title="actions", metavar="{fetch}")
     fetch = add_command(
-        actions, "fetch", _run_models_fetch, help="download YuNet + FSA-Net, verified by SHA-256 (resumable)"
+        actions,
+        "fetch",
+        _run_models_fetch,
+        help="download YuNet + FSA-Net, or an insightface pack (--pack), verified by SHA-256 (resumable)",
+        description=MODELS_FETCH_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_argument("--to", type=Path, metavar="DIR", help=f"target folder (default: {MODELS_DIR_DEFAULT})")
     fetch.add_argument(
         "--base-url", metavar="URL", help="mirror serving the files by name (default: DATAKIT_MODELS_BASE_URL)"
     )
+    fetch.add_argument(
+        "--pack", choices=[pack.name for pack in INSIGHTFACE_PACKS], help="fetch this insightface pack instead"
+    )
+    fetch.add_argument(
+        "--accept-licence",
+        "--accept-license",
+        action="store_true",
+        help="accept the pack's licence (insightface models: non-commercial research only)",
+    )
+    fetch.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of a pack archive that has none pinned")
     add_quiet(fetch)
 
 
 def _run_models_list(args: argparse.Namespace) -> int:
-    from datakit.faces.model_files import FACE_STACKS, model_status, resolve_models_dir
+    from datakit.faces.model_files import FACE_STACKS, INSIGHTFACE_PACKS, model_status, resolve_models_dir
 
     folder = resolve_models_dir(args.models_dir)
     print(f"models folder: {folder}")
     for stack in FACE_STACKS:
         print(f"\n{stack.backend}: {stack.summary}")
         for model in stack.files:
-            print(f"  {model.name}  [{model_status(model, folder)}]")
-            print(f"    {model.what}; licence: {model.licence}")
-            if model.url:
-                print(f"    url: {model.url}")
-            if model.sha256:
-                print(f"    sha256: {model.sha256}")
+            _print_model(model, model_status(model, folder))
+    print("\ninsightface packs (`datakit models fetch --pack NAME --accept-licence`; `--backend auto` prefers them):")
+    for pack in INSIGHTFACE_PACKS:
+        _print_pack(pack, folder)
     return 0
 
 
+def _print_model(model, status: str) -> None:
+    print(f"  {model.name}  [{status}]")
+    print(f"    {model.what}; licence: {model.licence}")
+    if model.url:
+        print(f"    url: {model.url}")
+    if model.sha256:
+        size = f" ({model.size_bytes} bytes)" if model.size_bytes else ""
+        print(f"    sha256: {model.sha256}{size}")
+
+
+def _print_pack(pack, folder: Path) -> None:
+    from datakit.faces.model_files import fetched_pack_status
+
+    print(f"  {pack.name}  [{fetched_pack_status(folder / pack.name)}]")
+    print(f"    {pack.what}")
+    print(f"    licence: {pack.licence}: {' '.join(pack.licence_urls)}")
+    for model in pack.downloads:
+        print(f"    url: {model.url}")
+        if model.sha256:
+            print(f"      sha256: {model.sha256} ({model.size_bytes} bytes)")
+    if pack.is_archive and not pack.downloads[0].sha256:
+        print(f"    sha256: none pinned: {pack.checksum_source}")
+
+
 def _run_models_fetch(args: argparse.Namespace) -> int:
-    from datakit.faces.model_fetch import fetch_default_stack
-    from datakit.faces.model_files import resolve_models_dir
+    from datakit.faces.model_fetch import fetch_default_stack, fetch_insightface_pack, licence_notice
+    from datakit.faces.model_files import insightface_pack, resolve_models_dir
 
     folder = resolve_models_dir(args.to)
+    if args.pack:
+        print(licence_notice(insightface_pack(args.pack)), flush=True)  # always shown, --quiet or not
+        kwargs = {"accept_licence": args.accept_licence, "sha256": args.sha256, "progress": not args.quiet}
+        pack_dir = fetch_insightface_pack(args.pack, folder, base_url=args.base_url, **kwargs)
+        print(f"insightface pack {args.pack} ready in {pack_dir}; `--backend auto` now takes it")
+        return 0
+    if args.accept_licence or args.sha256:
+        raise ValueError("--accept-licence and --sha256 go with --pack NAME")
     fetched = fetch_default_stack(folder, base_url=args.base_url, progress=not args.quiet)
     print(f"{len(fetched)} file(s) downloaded; default stack ready in {folder}")
     return 0

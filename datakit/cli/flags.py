@@ -101,7 +101,13 @@ def add_face_stack_flags(p: argparse.ArgumentParser, *, recorded: bool) -> None:
     from datakit.faces import BACKENDS
 
     add_models_dir(p, f"folder with the YuNet/FSA-Net ONNX files (default: {MODELS_DIR_DEFAULT})")
-    add_config_flag(p, "backend", "face stack; auto takes yunet when its files are there, else dlib", choices=BACKENDS)
+    add_config_flag(
+        p,
+        "backend",
+        "face stack; auto takes a configured or fetched insightface pack, else yunet when its files are there,"
+        " else dlib",
+        choices=BACKENDS,
+    )
     p.add_argument(
         "--insightface-pack",
         type=Path,

@@ -1,13 +1,18 @@
 """The face stack: build a detector + head-pose + identity-embedder combination by name.
 
-``build_face_stack("auto")`` gives the default stack (YuNet + FSA-Net + dlib ResNet) when its model files
-are in the models directory and intact, else the pip-only fallback (dlib HOG + 68-landmark PnP pose +
-dlib ResNet), which cannot see profile faces; ``FaceStack.notes`` says which ran and why.
+``build_face_stack("auto")`` takes, in this order (:func:`choose_auto_backend`): an insightface (ArcFace) pack
+when one is configured (``--insightface-pack`` / ``$DATAKIT_INSIGHTFACE_PACK``) or was fetched into the models
+folder by ``datakit models fetch --pack``, and the ``insightface`` package is installed; else the default stack
+(YuNet + FSA-Net + dlib ResNet) when its model files are in the models directory and intact; else the pip-only
+fallback (dlib HOG + 68-landmark PnP pose + dlib ResNet), which cannot see profile faces. ``FaceStack.notes``
+says which ran and why whenever it is not the plain default stack.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.faces.base import DETECT_MAX_SIDE, Face, FaceStack, ModelNotFoundError
@@ -18,11 +23,21 @@ from datakit.faces.model_files import (
     MODELS_DIR_HINT,
     YUNET_FILE,
     ModelChecksumError,
+    find_fetched_pack,
     resolve_models_dir,
     verified_model_files,
 )
 
-__all__ = ["BACKENDS", "Face", "FaceStack", "ModelChecksumError", "ModelNotFoundError", "build_face_stack"]
+__all__ = [
+    "BACKENDS",
+    "AutoChoice",
+    "Face",
+    "FaceStack",
+    "ModelChecksumError",
+    "ModelNotFoundError",
+    "build_face_stack",
+    "choose_auto_backend",
+]
 
 BACKENDS = ("auto", "yunet", "dlib", "insightface")
 
@@ -37,7 +52,8 @@ def build_face_stack(
     """Load a face stack.
 
     Args:
-        backend: ``"auto"`` (default stack when its files are present, else the dlib fallback),
+        backend: ``"auto"`` (an insightface pack when configured or fetched, else the default stack when its
+            files are present, else the dlib fallback: :func:`choose_auto_backend`),
             ``"yunet"`` (YuNet + FSA-Net + dlib; raises when the files are missing or corrupt), ``"dlib"``
             (the pip-only fallback) or ``"insightface"`` (a local insightface model pack).
         models_dir: folder with the default stack's ONNX files (and optionally ``SHA256SUMS``); defaults to
@@ -52,22 +68,72 @@ def build_face_stack(
     if backend not in BACKENDS:
         raise ValueError(f"unknown face backend {backend!r}; choose one of {BACKENDS}")
     resolved_dir = resolve_models_dir(models_dir)
+    notes: list[str] = []
+    if backend == "auto":
+        choice = choose_auto_backend(resolved_dir, insightface_pack)
+        backend, insightface_pack, notes = choice.backend, choice.insightface_pack, list(choice.notes)
+        if backend == "insightface":
+            notes.insert(0, f"auto took insightface: {choice.reason}")
     if backend == "insightface":
         from datakit.faces.insightface_stack import build_insightface_stack
 
         pack = insightface_pack if insightface_pack is not None else os.environ.get(INSIGHTFACE_PACK_ENV)
-        return build_insightface_stack(pack, resolved_dir, det_threshold)
+        stack = build_insightface_stack(pack, resolved_dir, det_threshold)
+        stack.notes[:0] = notes
+        return stack
     if backend == "dlib":
-        return _dlib_stack(
-            det_threshold, detect_max_side, notes=["pip-only fallback chosen explicitly (backend='dlib')"]
-        )
+        notes = notes or ["pip-only fallback chosen explicitly (backend='dlib')"]
+        return _dlib_stack(det_threshold, detect_max_side, notes=notes)
+    paths = verified_model_files(resolved_dir, DEFAULT_STACK_FILES)  # auto chose yunet only if this passes
+    stack = _yunet_stack(paths, det_threshold, detect_max_side)
+    stack.notes.extend(notes)
+    return stack
+
+
+@dataclass(frozen=True, slots=True)
+class AutoChoice:
+    """What ``--backend auto`` takes, and why (:func:`choose_auto_backend`)."""
+
+    backend: str  #: "insightface", "yunet" or "dlib"
+    insightface_pack: Path | None  #: the pack folder when ``backend == "insightface"``
+    reason: str  #: one line: why this backend
+    notes: tuple[str, ...] = ()  #: what was passed over on the way, and why
+
+
+def choose_auto_backend(models_dir: str | Path | None = None, insightface_pack: str | Path | None = None) -> AutoChoice:
+    """The backend ``auto`` takes: a configured or fetched insightface pack, else yunet, else dlib.
+
+    A pack is *configured* by ``insightface_pack`` or ``$DATAKIT_INSIGHTFACE_PACK``, *fetched* when
+    ``datakit models fetch --pack`` installed one intact into the models folder (a pack copied there by hand
+    counts only when named). The ArcFace pack comes first because it links three-quarter views that dlib
+    cannot embed (BENCHMARKS.md, "Identity quality"). Pure: loads no model, so a driver can pin its workers
+    to the same choice.
+    """
+    folder = resolve_models_dir(models_dir)
+    notes: list[str] = []
+    configured = insightface_pack if insightface_pack is not None else os.environ.get(INSIGHTFACE_PACK_ENV) or None
+    if configured is not None:
+        pack, why = Path(configured).expanduser(), f"--insightface-pack / {INSIGHTFACE_PACK_ENV} names it"
+    else:
+        pack, why = find_fetched_pack(folder), f"`datakit models fetch --pack` installed it in {folder}"
+    if pack is not None:
+        if not (pack.is_dir() and any(pack.glob("*.onnx"))):
+            notes.append(f"insightface pack {pack} ({why}) holds no *.onnx files: not used")
+        elif not _insightface_installed():
+            notes.append(f"insightface pack {pack} ({why}) not used: the insightface package is not installed")
+        else:
+            return AutoChoice("insightface", pack, f"pack {pack.name} at {pack}: {why}", tuple(notes))
     try:
-        paths = verified_model_files(resolved_dir, DEFAULT_STACK_FILES)
+        verified_model_files(folder, DEFAULT_STACK_FILES)
     except ModelNotFoundError as error:
-        if backend == "yunet":
-            raise
-        return _dlib_stack(det_threshold, detect_max_side, notes=[f"default stack unavailable: {error}"])
-    return _yunet_stack(paths, det_threshold, detect_max_side)
+        notes.append(f"default stack unavailable: {error}")
+        return AutoChoice("dlib", None, "neither an insightface pack nor the YuNet/FSA-Net files", tuple(notes))
+    return AutoChoice("yunet", None, f"YuNet/FSA-Net files intact in {folder}", tuple(notes))
+
+
+def _insightface_installed() -> bool:
+    """Whether the optional ``insightface`` package can be imported (checked without importing it: slow)."""
+    return importlib.util.find_spec("insightface") is not None
 
 
 def _yunet_stack(paths: dict[str, Path], det_threshold: float | None, detect_max_side: int) -> FaceStack:

@@ -4,12 +4,16 @@ Two sources: the default stack's ONNX files in a models directory (``--models-di
 ``DATAKIT_MODELS_DIR``, else the per-user cache folder that ``datakit models fetch`` fills), checked against
 the ``SHA256SUMS`` file there (or, when a file is not listed, the hash pinned below), and dlib's ``.dat``
 files that ship inside the ``face-recognition-models`` wheel. ``FACE_STACKS`` says where every file comes from.
+
+A third source, only on request: insightface packs (``INSIGHTFACE_PACKS``) that ``datakit models fetch --pack NAME
+--accept-licence`` puts in ``<models folder>/<NAME>/`` with a :data:`PACK_MARKER` recording what was verified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +56,7 @@ class ModelFile:
     url: str | None = None  #: public download URL; None = shipped in a package or supplied by the user
     sha256: str | None = None  #: pinned hash; None = not pinned (package files, user packs)
     source: str = "download"  #: "download" (``datakit models fetch``), "package" or "user"
+    size_bytes: int | None = None  #: published size, where known (said in the listing; the hash is the check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +113,7 @@ FACE_STACKS: tuple[FaceStackFiles, ...] = (
         (
             ModelFile(
                 "<pack>/*.onnx",
-                "SCRFD detector + ArcFace recognition (+ 1k3d68 pose)",
+                "SCRFD detector + ArcFace recognition (+ 1k3d68 pose); `datakit models fetch --pack NAME` gets one",
                 "insightface models: non-commercial research only",
                 source="user",
             ),
@@ -120,6 +125,132 @@ FACE_STACKS: tuple[FaceStackFiles, ...] = (
 def downloadable_files() -> tuple[ModelFile, ...]:
     """The default stack's files that ``datakit models fetch`` downloads (each with a URL and a pinned hash)."""
     return tuple(f for stack in FACE_STACKS for f in stack.files if f.source == "download")
+
+
+#: The licence of every public insightface model pack, in the insightface project's own words: its README
+#: ("The training data containing the annotation (and the models trained with these data) are available for
+#: non-commercial research purposes only") and python-package/README.md ("The pretrained models we provided
+#: with this library are available for non-commercial research purposes only, including both auto-downloading
+#: models and manual-downloading models"; the library's code itself is MIT).
+INSIGHTFACE_LICENCE = "insightface pretrained models: non-commercial research purposes only (the code is MIT)"
+INSIGHTFACE_LICENCE_URLS = (
+    "https://github.com/deepinsight/insightface#license",
+    "https://github.com/deepinsight/insightface/tree/master/python-package#license",
+)
+#: written last into a fetched pack's folder: the pack, its licence as accepted, and each file's verified hash
+PACK_MARKER = "datakit-pack.json"
+_INSIGHTFACE_RELEASE = "https://github.com/deepinsight/insightface/releases/download/v0.7/"
+_UNPINNED = (
+    "insightface publishes no checksum for this archive (its own downloader, insightface/utils/storage.py, checks"
+    " none) and it cannot be downloaded from the machines this project is built on, so no SHA-256 is pinned"
+    " here: pass --sha256 with the hash of a copy you trust"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class InsightFacePack:
+    """An insightface model pack that ``datakit models fetch --pack`` can download, licence accepted.
+
+    ``downloads`` is either the pack's files (``<name>/<file>.onnx``, each with a pinned hash) or one zip
+    archive (``<name>.zip``) that is verified, then unpacked into ``<name>/``.
+    """
+
+    name: str
+    what: str
+    downloads: tuple[ModelFile, ...]
+    checksum_source: str  #: where the pinned SHA-256 comes from, or why there is none
+    licence: str = INSIGHTFACE_LICENCE
+    licence_urls: tuple[str, ...] = INSIGHTFACE_LICENCE_URLS
+
+    @property
+    def is_archive(self) -> bool:
+        """True when the pack comes as one zip archive."""
+        return len(self.downloads) == 1 and self.downloads[0].name.endswith(".zip")
+
+
+def _release_zip(name: str, what: str, unpacked: str) -> InsightFacePack:
+    """A pack published as ``<name>.zip`` on insightface's v0.7 release, with no checksum to pin."""
+    archive = ModelFile(
+        f"{name}.zip", f"zip archive, {unpacked} unpacked", INSIGHTFACE_LICENCE, f"{_INSIGHTFACE_RELEASE}{name}.zip"
+    )
+    return InsightFacePack(name, what, (archive,), _UNPINNED)
+
+
+_SC_INT8_SOURCE = (
+    "checked here: the files of ../shared/models/insightface_sc_int8 (SHA256SUMS), read byte for byte from the"
+    " pinned git commits of the URLs; onnxruntime dynamic int8 quantisation of buffalo_sc's w600k_mbf.onnx"
+)
+
+#: insightface packs ``datakit models fetch --pack`` knows, in the order ``--backend auto`` prefers fetched ones.
+#: buffalo_l / antelopev2: the field's standard packs (insightface python-package README, "Model Zoo": SCRFD-10GF
+#: + ResNet50@WebFace600K, 326MB; SCRFD-10GF + ResNet100@Glint360K, 407MB). insightface_sc_int8: the
+#: MobileFaceNet pack this project measures and calibrates on (same licence: the weights are insightface's).
+INSIGHTFACE_PACKS: tuple[InsightFacePack, ...] = (
+    _release_zip("buffalo_l", "SCRFD-10GF + ArcFace ResNet50@WebFace600K + 2d106/3d68 landmarks + gender/age", "326MB"),
+    _release_zip("antelopev2", "SCRFD-10GF + ArcFace ResNet100@Glint360K + 2d106/3d68 landmarks + gender/age", "407MB"),
+    InsightFacePack(
+        "insightface_sc_int8",
+        "SCRFD-500MF + MobileFaceNet@WebFace600K (buffalo_sc's models, recognition int8-quantised)",
+        (
+            ModelFile(
+                "insightface_sc_int8/det_500m.onnx",
+                "SCRFD-500MF detector (buffalo_sc's det_500m.onnx)",
+                INSIGHTFACE_LICENCE,
+                "https://github.com/yukkki7/FaceAnalysisApp/raw/d4126572f7642f97f903cfab7ab73f67e99622db/models/scrfd_500m.onnx",
+                "5e4447f50245bbd7966bd6c0fa52938c61474a04ec7def48753668a9d8b4ea3a",
+                size_bytes=2524817,
+            ),
+            ModelFile(
+                "insightface_sc_int8/w600k_mbf.onnx",
+                "MobileFaceNet ArcFace recognition, 512-d, int8",
+                INSIGHTFACE_LICENCE,
+                "https://github.com/nidheerakesh/offlineid/raw/923f7256e19e997741e15ce369a325642f502dc7/models/mobilefacenet_int8.onnx",
+                "7caa7fb0ad6c37b33e6c59f6411084b487aaabd596bba645d2cce391a5871120",
+                size_bytes=3514509,
+            ),
+        ),
+        _SC_INT8_SOURCE,
+    ),
+)
+
+
+def insightface_pack(name: str) -> InsightFacePack:
+    """The registry entry of pack ``name``; ``ValueError`` naming the known packs otherwise."""
+    for pack in INSIGHTFACE_PACKS:
+        if pack.name == name:
+            return pack
+    raise ValueError(f"unknown insightface pack {name!r}; known: {', '.join(p.name for p in INSIGHTFACE_PACKS)}")
+
+
+def fetched_pack_status(pack_dir: Path) -> str:
+    """``intact`` when ``pack_dir`` holds a pack ``datakit models fetch`` installed and every file still has its
+    recorded SHA-256; else ``absent``, ``incomplete`` (no marker: nothing verified) or ``corrupt (...)``."""
+    if not pack_dir.is_dir():
+        return "absent"
+    marker = pack_dir / PACK_MARKER
+    if not marker.is_file():
+        return "incomplete (not fetched by datakit, or interrupted)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"corrupt ({PACK_MARKER} unreadable)"
+    for name, expected in files.items():
+        path = pack_dir / name
+        if not path.is_file() or sha256_of(path) != expected:
+            return f"corrupt ({name} missing or sha256 differs)"
+    return "intact" if files else f"corrupt ({PACK_MARKER} lists no files)"
+
+
+def find_fetched_pack(models_dir: Path) -> Path | None:
+    """The first pack of :data:`INSIGHTFACE_PACKS` fetched intact into ``models_dir``, or None.
+
+    Only folders with a :data:`PACK_MARKER` count: a pack copied by hand (like ../shared/models' own
+    insightface_sc_int8) is used when named by ``--insightface-pack``, never picked up behind the user's back.
+    """
+    for pack in INSIGHTFACE_PACKS:
+        if fetched_pack_status(models_dir / pack.name) == "intact":
+            return models_dir / pack.name
+    return None
 
 
 class ModelChecksumError(ModelNotFoundError):

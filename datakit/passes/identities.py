@@ -28,8 +28,13 @@ Pure functions over pyarrow Tables (the caller reads and writes the Parquet). Th
    same video, leaving no edge to their other videos; a video-level cluster is one point and finds its
    neighbours elsewhere. The average-linkage guard of the second step still counts every track.
 
-Tracks with a null (or non-finite, or zero) embedding are singleton identities. An identity id is
-``"id_" + sha1(min member track_id)[:16]``: stable across re-runs of the same footage.
+0. **Consolidated groups first.** ``groups`` (from :mod:`datakit.passes.consolidate`: one person's track
+   pieces within a video, joined across length splits and by set-to-set similarity) start as one cluster
+   each, with their cannot-link partners pooled; steps 1-4 then work on them, so a group links across
+   videos by the pooled embedding of all its tracks.
+
+Tracks with a null (or non-finite, or zero) embedding are singleton identities (unless a group holds
+them). An identity id is ``"id_" + sha1(min member track_id)[:16]``: stable across re-runs of the same footage.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from datakit.schema import PIPELINE_VERSION, VIEWS, identities_schema, tracks_sc
 
 __all__ = [
     "build_identities",
+    "cannot_link_pairs",
     "embeddings_to_numpy",
     "identity_id_for",
     "knn_inner_product",
@@ -184,19 +190,33 @@ class _Clusters:
             mean_cos = float(self.sums[ri] @ self.sums[rj]) / (self.size[ri] * self.size[rj])
             if mean_cos < linkage_cosine or self.linked(ri, rj):
                 continue
-            if self.size[ri] < self.size[rj]:
-                ri, rj = rj, ri
-            self.parent[rj] = ri
-            self.size[ri] += self.size[rj]
-            self.sums[ri] += self.sums[rj]
-            if rj in self.forbid:
-                self.forbid.setdefault(ri, set()).update(self.forbid.pop(rj))
+            self._union(ri, rj)
+
+    def join_groups(self, groups: np.ndarray) -> None:
+        """Start rows with equal ``groups`` values as one cluster (cannot-link is the caller's job)."""
+        first: dict[int, int] = {}
+        for i, g in enumerate(groups.tolist()):
+            if g not in first:
+                first[g] = i
+                continue
+            ri, rj = self.find(first[g]), self.find(i)
+            if ri != rj:
+                self._union(ri, rj)
+
+    def _union(self, ri: int, rj: int) -> None:
+        if self.size[ri] < self.size[rj]:
+            ri, rj = rj, ri
+        self.parent[rj] = ri
+        self.size[ri] += self.size[rj]
+        self.sums[ri] += self.sums[rj]
+        if rj in self.forbid:
+            self.forbid.setdefault(ri, set()).update(self.forbid.pop(rj))
 
     def roots(self) -> np.ndarray:
         return np.array([self.find(i) for i in range(len(self.parent))], np.int64)
 
 
-def _cannot_link(clip: np.ndarray, start_s: np.ndarray, end_s: np.ndarray) -> dict[int, set[int]]:
+def cannot_link_pairs(clip: np.ndarray, start_s: np.ndarray, end_s: np.ndarray) -> dict[int, set[int]]:
     """Pairs of tracks of one clip whose time ranges overlap (touching counts), as adjacency sets.
 
     Sorted by (clip, start), track i overlaps the next ones while their start <= its end; once a
@@ -236,6 +256,20 @@ def _sorted_edges(a: list[np.ndarray], b: list[np.ndarray], s: list[np.ndarray])
     return a_all[order].astype(np.int64), b_all[order].astype(np.int64)
 
 
+def _within_video_edges(
+    emb: np.ndarray, embedded: np.ndarray, video: np.ndarray, k: int, min_cosine: float
+) -> tuple[np.ndarray, ...]:
+    """kNN edges of the ``embedded`` rows among their own video's rows, most similar first."""
+    by_video = embedded[np.argsort(video[embedded], kind="stable")]
+    cuts = np.flatnonzero(np.diff(video[by_video])) + 1
+    edges: tuple[list, list, list] = ([], [], [])
+    for members in np.split(by_video, cuts):
+        if len(members) > 1:
+            for part, arr in zip(edges, _edges(emb[members], members, k, min_cosine), strict=True):
+                part.append(arr)
+    return _sorted_edges(*edges)
+
+
 def _codes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Integer codes of a string column (equal strings, equal codes)."""
     encoded = pc.dictionary_encode(values)
@@ -245,12 +279,19 @@ def _codes(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def link_identities(
-    tracks: pa.Table, *, same_person_cosine: float, k: int = 16, linkage_cosine: float | None = None
+    tracks: pa.Table,
+    *,
+    same_person_cosine: float,
+    k: int = 16,
+    linkage_cosine: float | None = None,
+    groups: np.ndarray | None = None,
 ) -> pa.Table:
     """``tracks`` (schema ``tracks_schema(dim)``) with ``identity_id`` filled for every track.
 
     ``same_person_cosine`` keeps kNN edges; ``linkage_cosine`` (default: the same) is the least average
-    cosine across two clusters for them to merge. See the module docstring for the method.
+    cosine across two clusters for them to merge. ``groups``: an integer per row of ``tracks``; rows with
+    equal values start as one cluster (the within-video consolidation of :mod:`datakit.passes.consolidate`,
+    which already respects the cannot-link constraint). See the module docstring for the method.
     """
     dim = tracks.schema.field("embedding").type.list_size
     schema = tracks_schema(dim)
@@ -265,24 +306,19 @@ def link_identities(
     emb, valid = embeddings_to_numpy(t.column("embedding"), dim)
     clusters = _Clusters(
         emb,
-        _cannot_link(
+        cannot_link_pairs(
             _codes(t.column("clip_id")),
             t.column("start_s").to_numpy().astype(np.float64),
             t.column("end_s").to_numpy().astype(np.float64),
         ),
     )
+    if groups is not None:
+        clusters.join_groups(np.asarray(groups)[by_id.to_numpy()])
 
     # 1. Within each video.
-    video = _codes(t.column("video_id"))
     embedded = np.flatnonzero(valid)
-    by_video = embedded[np.argsort(video[embedded], kind="stable")]
-    cuts = np.flatnonzero(np.diff(video[by_video])) + 1
-    edges: tuple[list, list, list] = ([], [], [])
-    for members in np.split(by_video, cuts):
-        if len(members) > 1:
-            for part, arr in zip(edges, _edges(emb[members], members, k, same_person_cosine), strict=True):
-                part.append(arr)
-    clusters.merge_along(*_sorted_edges(*edges), linkage_cosine)
+    edges = _within_video_edges(emb, embedded, _codes(t.column("video_id")), k, same_person_cosine)
+    clusters.merge_along(*edges, linkage_cosine)
 
     # 2. Across videos: one point per video-level cluster (its normalised centroid).
     if len(embedded) > 1:

@@ -10,10 +10,12 @@ linked to an identity. Within one (identity, view) they are ranked for *diversit
 1. round over tracks: every track's best face comes before any track's second best, so that the top
    ranks come from different tracks (different moments, lighting, expressions);
 2. within a round, the best track of each clip comes before a second track of the same clip, and
-3. the best clip of each video before a second clip of the same video, so that ranks spread over clips
-   and videos and the sample builder can pick a reference from another clip than the one it trains on
-   (no copy-paste of the target frames);
-4. then by quality (descending), then by face_id so that ties are deterministic.
+3. the best clip of each video before a second clip of the same video, and
+4. the best video of each *context* (one recording, :mod:`datakit.passes.contexts`) before a second video
+   of the same context (a copy of the footage in another file), so that ranks spread over clips, videos
+   and recordings and the sample builder can pick a reference from another context than the clip it
+   trains on (no copy-paste of the target frames, not even from a re-upload of them);
+5. then by quality (descending), then by face_id so that ties are deterministic.
 
 Walking that order, a candidate that is a *near-duplicate* of a reference already picked in the same
 (identity, view) is skipped: same footage re-encoded in two files, a shot split into two clips at
@@ -132,12 +134,15 @@ def select_references(
     *,
     per_view: int = 4,
     near_duplicate_ncc: float = NEAR_DUPLICATE_NCC,
+    contexts: pa.Table | None = None,
 ) -> pa.Table:
     """Up to ``per_view`` diverse reference faces per identity and view bin (schema ``REFERENCE_VIEWS``).
 
     ``faces`` (faces schema), ``crops`` (CROPS) and ``tracks`` (linked: identity_id filled). Rows are
     sorted by identity_id, view in ``VIEWS`` order, rank. No two rows of one (identity, view) have crop
-    thumbnails with NCC >= ``near_duplicate_ncc``.
+    thumbnails with NCC >= ``near_duplicate_ncc``. ``contexts`` (clip_id, context_id; from
+    :func:`datakit.passes.contexts.context_pass`) gives each reference its ``context_id``; without it (or for
+    a clip it lacks) the context is unknown (null) and every video counts as a context of its own.
     """
     face_cols = ["face_id", "track_id", "clip_id", "video_id", "frame_index", "t_s"]
     face_cols += ["yaw_deg", "pitch_deg", "roll_deg", "quality", "view"]
@@ -146,6 +151,9 @@ def select_references(
     cand = cand.join(crop_rows, "face_id", join_type="inner")  # Acero joins no fixed-size list: taken below
     links = tracks.select(["track_id", "identity_id"]).filter(pc.is_valid(tracks.column("identity_id")))
     cand = cand.join(links, "track_id", join_type="inner")
+    if contexts is None:
+        contexts = pa.table({"clip_id": pa.array([], pa.string()), "context_id": pa.array([], pa.string())})
+    cand = cand.join(contexts.select(["clip_id", "context_id"]), "clip_id", join_type="left outer")
     if cand.num_rows == 0 or per_view <= 0:
         return REFERENCE_VIEWS.empty_table()
     cand = cand.combine_chunks()
@@ -168,8 +176,12 @@ def select_references(
     # 3. Within those, each video's best clip first.
     by_video = np.lexsort((face, neg_q, clip_round, track_round, video, view, ident))
     video_round = _position_in_group(by_video, ident, view, video, track_round, clip_round)
-    # 4. Preference order within (identity, view); then drop near-duplicates while walking it.
-    final = np.lexsort((face, neg_q, video_round, clip_round, track_round, view, ident))
+    # 4. Within those, each context's best video first (an unknown context: the video is one).
+    context = _codes(pc.coalesce(cand.column("context_id"), cand.column("video_id")))
+    by_context = np.lexsort((face, neg_q, video_round, context, clip_round, track_round, view, ident))
+    context_round = _position_in_group(by_context, ident, view, track_round, clip_round, context, video_round)
+    # 5. Preference order within (identity, view); then drop near-duplicates while walking it.
+    final = np.lexsort((face, neg_q, context_round, video_round, clip_round, track_round, view, ident))
     vectors = _thumb_vectors(crops.column("thumb").take(pa.array(crop_row)))
     group = ident * len(VIEWS) + view
     keep = np.array(_pick_distinct(final, group, vectors, per_view, near_duplicate_ncc), np.int64)

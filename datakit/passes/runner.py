@@ -1,5 +1,7 @@
 """The global passes over every video's output, in the stage order of a build, declared here once:
 
+0. **contexts**: clips showing one recording (copies, re-uploads) share a ``context_id``
+   (:mod:`datakit.passes.contexts`, from the per-video fingerprints; stored in ``_stage/contexts``);
 1. **identities**: track gates, identities linked across videos, reference views (``identity_pass``;
    writes ``tracks``, ``identities``, ``reference_views``);
 2. **cheap clip filters**: the per-video clips with the filters over the per-video scan's scores
@@ -32,6 +34,8 @@ from datakit.clips.filters import CHEAP_FILTERS, MODEL_FILTERS, apply_clip_filte
 from datakit.clips.scores import attach_clip_scores
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
+from datakit.passes.consolidate import consolidate_passed
+from datakit.passes.contexts import context_pass, stored_contexts
 from datakit.passes.gates import GateThresholds, apply_gates, reference_candidates
 from datakit.passes.identities import build_identities, link_identities
 from datakit.passes.references import select_references
@@ -65,10 +69,13 @@ def run_passes(
     (``datakit caption`` / ``datakit filter`` on a finished run). ``captions`` / ``scores``: the per-clip
     stages, run on the kept clips; None runs none (the stored results still reach ``clips``).
     """
-    result = PassResult(seconds=identity_pass(run, cfg, stack) if stack is not None else {})  # 1. identities
     t = time.perf_counter()
     clips = run.read("clips", schema.CLIPS, stage=True)
     clips = clips.take(pc.sort_indices(clips, [("clip_id", "ascending")]))
+    clips = context_pass(run, clips, cfg.sample_fps)  # 0. contexts: duplicate footage, read by the references
+    seconds = {"contexts": time.perf_counter() - t}
+    result = PassResult(seconds=seconds | (identity_pass(run, cfg, stack) if stack is not None else {}))  # 1.
+    t = time.perf_counter()
     clips = apply_clip_filters(clips, cfg, CHEAP_FILTERS)  # 2. cheap clip filters
     result.seconds["clip_filters"] = time.perf_counter() - t
     if captions is not None:
@@ -87,7 +94,8 @@ def run_passes(
 
 
 def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
-    """Gate tracks, link identities, pick references; writes ``tracks``, ``identities``, ``reference_views``."""
+    """Gate tracks, consolidate each video's pieces (dropping fragments), link identities, pick references;
+    writes ``tracks``, ``identities``, ``reference_views``."""
     dim = stack.embedder.dim
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -99,12 +107,20 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
     t = time.perf_counter()
     gates = GateThresholds.resolve(cfg, stack.detector)
     tracks = apply_gates(tracks, faces, gates)
-    passed = pc.is_null(tracks.column("drop_reason"))
     seconds["gates"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    # Within each video first: pieces joined across length splits, then one person's chains by set-to-set
+    # similarity; fragments that join nothing are dropped (datakit.passes.consolidate).
+    clips = run.read("clips", schema.CLIPS, stage=True)
+    tracks, groups = consolidate_passed(tracks, faces, clips, cfg, stack.embedder)
+    passed = pc.is_null(tracks.column("drop_reason"))
+    seconds["consolidate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     threshold = cfg.same_person_cosine or stack.embedder.same_person_cosine
-    linked = link_identities(tracks.filter(passed), same_person_cosine=threshold)
+    keep = passed.to_numpy(zero_copy_only=False)
+    linked = link_identities(tracks.filter(passed), same_person_cosine=threshold, groups=groups[keep])
     identities = build_identities(linked, faces, dim)
     # Dropped tracks stay in `tracks` (with their drop_reason and no identity), in track_id order.
     tracks = pa.concat_tables([linked, tracks.filter(pc.invert(passed)).cast(linked.schema)])
@@ -118,6 +134,7 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
         tracks,
         per_view=cfg.references_per_view,
         near_duplicate_ncc=cfg.near_duplicate_ncc,
+        contexts=stored_contexts(run),
     )
     seconds["references"] = time.perf_counter() - t
     for name, table in (("tracks", tracks), ("identities", identities), ("reference_views", refs)):

@@ -3,8 +3,9 @@
 The same steps as ``harmoview.photo_refs`` takes for a reference photo (which may delegate its reading to
 :func:`read_photo_bgr`): photos are shrunk to ``PHOTO_MAX_SIDE`` first, because the detectors are trained
 around 640 px and a full-size phone photo turns one face into several phantom boxes; the face stack's
-detector then sees the frame at its own ``detect_max_side``. Faces are numbered from the left (``--face N``,
-0 = leftmost), as in ``harmoview generate --face``.
+detector then sees the frame at its own ``detect_max_side``. A photo the face fills (a tight crop, an aligned
+face-crop set) is found through :meth:`FaceStack.detect_photo`, which pads it when the first look finds
+nothing. Faces are numbered from the left (``--face N``, 0 = leftmost), as in ``harmoview generate --face``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def embed_photo(path: str | Path, stack: FaceStack, *, face: int | None = None) 
     """
     path = Path(path)
     frame = read_photo_bgr(path)
-    faces = sorted(stack.detect(frame), key=lambda f: f.bbox[0])
+    faces = sorted(stack.detect_photo(frame), key=lambda f: f.bbox[0])  # tight crops too (padded retry)
     if not faces:
         raise NoFaceError(f"no face found in photo {path} (face stack {stack.name})")
     chosen = list(enumerate(faces))

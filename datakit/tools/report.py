@@ -268,6 +268,7 @@ def _summary_counts(run: RunDir, record: dict, tables: dict[str, pa.Table | None
         ("identities in several videos", summary.get("num_multi_video_identities", "-")),
         ("reference views", summary.get("num_reference_views", "-")),
         ("samples", summary.get("num_samples", "-")),
+        ("samples with references from another context", summary.get("num_samples_other_context", "-")),
         ("errors", summary.get("num_errors", rows_of("errors"))),
         ("face stack", (record.get("face_stack") or {}).get("name", "-")),
         ("pipeline version", record.get("pipeline_version", "-")),

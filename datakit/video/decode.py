@@ -4,6 +4,11 @@ Decoding is sequential (never seek-based): seeking near the end of some files fa
 decoders while a sequential read gets every frame. A packet that fails to decode is counted and
 skipped; after ``max_bad_packets`` in a row the stream is declared broken and iteration stops, so a
 video with an undecodable tail yields its good head and a recorded decode error.
+
+Frames come out upright: phone footage stores the sensor's pixels with a display matrix (side data, what
+the legacy ``rotate`` tag becomes in libavformat) that says how to turn them for display. Ignoring it made
+sideways faces that detectors miss or label with a wrong view. ``probe`` reports the displayed size and
+``Frame.bgr`` / ``thumbnail_bgr`` apply the rotation (quarter turns; mirroring in the matrix is ignored).
 """
 
 from __future__ import annotations
@@ -36,6 +41,30 @@ class ProbeInfo:
     height: int
     codec: str
     num_frames_hint: int | None
+    rotation_deg: int = 0  # counter-clockwise turn applied for display; width/height are after it
+
+
+def quarter_turns(rotation_deg: float) -> int:
+    """Counter-clockwise quarter turns (0-3) for a display rotation in degrees (PyAV's ``frame.rotation``)."""
+    return round(rotation_deg / 90) % 4
+
+
+def upright(pixels: np.ndarray, turns: int) -> np.ndarray:
+    """``(H, W, C)`` pixels turned counter-clockwise by ``turns`` quarter turns, contiguous (detectors need it)."""
+    return pixels if turns % 4 == 0 else np.ascontiguousarray(np.rot90(pixels, turns))
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """The display rotation of the stream, read from its first decoded frame (0 when nothing decodes).
+
+    The display matrix reaches PyAV as frame side data; one decoded frame is the portable way to read it.
+    """
+    try:
+        for frame in container.decode(stream):
+            return int(frame.rotation)
+    except (av.error.FFmpegError, ValueError):
+        pass
+    return 0
 
 
 def probe(path: str | Path) -> ProbeInfo:
@@ -59,7 +88,11 @@ def probe(path: str | Path) -> ProbeInfo:
             ctx = stream.codec_context
             if not ctx.width or not ctx.height or fps <= 0:
                 raise VideoError("probe", "NotAVideo", f"no usable picture stream (codec {ctx.name})")
-            return ProbeInfo(duration, fps, int(ctx.width), int(ctx.height), ctx.name, stream.frames or None)
+            width, height, codec, hint = int(ctx.width), int(ctx.height), ctx.name, stream.frames or None
+            rotation = _first_frame_rotation(container, stream)
+            if quarter_turns(rotation) % 2:  # a quarter turn: the displayed picture is portrait for landscape
+                width, height = height, width
+            return ProbeInfo(duration, fps, width, height, codec, hint, rotation)
     except VideoError:
         raise
     except PermissionError as exc:
@@ -85,16 +118,27 @@ class Frame:
     _frame: av.VideoFrame
     _scalers: Scalers  # one pair per stream
 
+    @property
+    def turns(self) -> int:
+        """Counter-clockwise quarter turns that make this frame upright (its display matrix)."""
+        return quarter_turns(self._frame.rotation)
+
     def bgr(self) -> np.ndarray:
-        """Full-resolution ``(H, W, 3)`` uint8 BGR (the same pixels as ``to_ndarray(format="bgr24")``)."""
-        return self._scalers.full.reformat(self._frame, format="bgr24").to_ndarray()
+        """Full-resolution upright ``(H, W, 3)`` uint8 BGR (``to_ndarray(format="bgr24")``, turned for display)."""
+        return upright(self._scalers.full.reformat(self._frame, format="bgr24").to_ndarray(), self.turns)
 
     def thumbnail_bgr(self, width: int) -> np.ndarray:
-        """BGR scaled to ``width`` (aspect kept): swscale converts and scales in one pass."""
-        height = max(2, round(self._frame.height * width / max(self._frame.width, 1)))
-        return self._scalers.thumb.reformat(
-            self._frame, width=width, height=height, format="bgr24", interpolation="AREA"
+        """Upright BGR scaled to ``width`` (aspect kept): swscale converts and scales in one pass, then the
+        small picture is turned (a quarter turn scales the stored frame to the turned size)."""
+        turns = self.turns
+        stored_w, stored_h = self._frame.width, self._frame.height
+        shown_w, shown_h = (stored_h, stored_w) if turns % 2 else (stored_w, stored_h)
+        height = max(2, round(shown_h * width / max(shown_w, 1)))
+        out_w, out_h = (height, width) if turns % 2 else (width, height)
+        small = self._scalers.thumb.reformat(
+            self._frame, width=out_w, height=out_h, format="bgr24", interpolation="AREA"
         ).to_ndarray()
+        return upright(small, turns)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,8 @@ One pass over the frames: every frame feeds the shot detector (cheap, downscaled
 ``sample_fps`` (and the first frame of every shot) go to the face stack. Only small things are kept
 per face (box, pose, scores); aligned chips and JPEG crops are kept for the few best faces of each
 track, so memory stays bounded however long the video is. Embedding runs at the end on those chips.
+Every sampled frame also gives one 64-bit hash (:mod:`datakit.video.fingerprint`), the clip's footage
+fingerprint from which the global pass finds copies of one recording across videos.
 The rows and their ids are made in :mod:`datakit.video.rows`.
 """
 
@@ -25,6 +27,7 @@ from datakit.faces.quality import face_quality, head_crop, sharpness
 from datakit.video.crops import offer_spread
 from datakit.video.decode import DecodeStats, ProbeInfo, VideoError, iter_frames, probe
 from datakit.video.discover import SourceFile
+from datakit.video.fingerprint import frame_hash
 from datakit.video.quality import QualityScan
 from datakit.video.rows import FaceRow, ScanRows, error_row, probe_columns, tables, video_tables, videos_row
 from datakit.video.segments import Plan, iter_segment_frames
@@ -49,6 +52,7 @@ class _Scan:
     rows: list[FaceRow] = field(default_factory=list)
     keep: dict[int, _TrackKeep] = field(default_factory=lambda: defaultdict(_TrackKeep))
     quality: QualityScan = field(default_factory=QualityScan)  # clip quality scores: a few numbers per frame
+    hashes: list[tuple[int, float, int]] = field(default_factory=list)  # (frame index, t_s, hash): fingerprint
     num_sampled: int = 0
 
     @property
@@ -166,6 +170,7 @@ def _output(
         scan.rows,
         crops=[c for kept in scan.keep.values() for pool in kept.crops.values() for c in pool],
         quality=scan.quality,
+        hashes=scan.hashes,
         errors=[error_row(scan.stats.error, src)] if scan.stats.error else [],
         clip_offset=clip_offset,
     )
@@ -205,6 +210,11 @@ def _scan_frames(scan: _Scan, frames, new_shot_at, stack: FaceStack, cfg: BuildC
         t_quality = time.perf_counter()
         scan.quality.add(index, t_s, frame, cut=new_shot)
         timer["clip_quality"] += time.perf_counter() - t_quality
+        t_hash = time.perf_counter()
+        code = frame_hash(frame)  # the footage fingerprint (copies across videos), from the frame decoded anyway
+        if code is not None:
+            scan.hashes.append((index, t_s, code))
+        timer["fingerprint"] += time.perf_counter() - t_hash
         _faces_in_frame(scan, frame, index, t_s, stack, cfg, tracker)
     timer["total"] = time.perf_counter() - t0
 

@@ -123,6 +123,7 @@ class ScanRows:
     crops: list[CropCandidate]  # every track's kept candidate crops, all view bins
     quality: QualityScan
     errors: list[dict]
+    hashes: list[tuple[int, float, int]] = ()  # (frame index, t_s, hash) of the sampled frames: the fingerprint
     clip_offset: int = 0  # the index of the first clip in the whole video, for a segment of a long one
 
 
@@ -231,6 +232,9 @@ def _clip_rows(scan: ScanRows, ids: _Ids) -> list[dict]:
     scores = scan.quality.clip_scores(
         ids.clip_starts, [r.frame_index for r in rows], [r.track_key for r in rows], [r.face_px for r in rows]
     )
+    prints: dict[int, list[tuple[int, float, int]]] = defaultdict(list)
+    for entry in scan.hashes:  # the clip of each hashed frame, as for faces
+        prints[int(np.searchsorted(ids.clip_starts, entry[0], side="right") - 1)].append(entry)
     return [
         {
             "clip_id": ids.clip_ids[c],
@@ -243,6 +247,8 @@ def _clip_rows(scan: ScanRows, ids: _Ids) -> list[dict]:
             "num_faces": sum(1 for x in ids.clip_of if x == c),
             "num_tracks": ids.tracks_per_clip.get(c, 0),
             **scores[c],
+            "fingerprint": [code for _, _, code in prints.get(c, [])],
+            "fingerprint_t_s": [t for _, t, _ in prints.get(c, [])],
         }
         for c, seg in enumerate(scan.clips)
     ]

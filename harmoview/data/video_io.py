@@ -2,7 +2,10 @@
 for training; mp4 and contact-sheet writing for generated videos and previews.
 
 Frames are read by index with decord (random access, one decode thread per data-loader worker) and,
-for a file decord refuses, by a sequential PyAV decode. Everything that makes a sample unusable is
+for a file decord refuses, by a sequential PyAV decode. Both give upright frames for phone footage with a
+display matrix (rotation side data): decord 0.6 applies it itself (tested on a rotated copy), the PyAV path
+turns each frame as datakit's curation decoding does (:func:`datakit.video.decode.upright`), so a sample's
+frames match the faces and boxes its manifests recorded. Everything that makes a sample unusable is
 raised as :class:`SampleError` with a short reason, so the data loader can skip and count it.
 """
 
@@ -19,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from datakit.video.decode import quarter_turns, upright
 
 
 class SampleError(Exception):
@@ -63,8 +68,8 @@ def _read_pyav(path: Path, indices: list[int]) -> np.ndarray:
         with av.open(str(path)) as container:
             for i, frame in enumerate(container.decode(video=0)):
                 count = i + 1
-                if i in wanted:
-                    frames[i] = frame.to_ndarray(format="rgb24")
+                if i in wanted:  # turned upright by the frame's display matrix, as decord and datakit do
+                    frames[i] = upright(frame.to_ndarray(format="rgb24"), quarter_turns(frame.rotation))
                 if i >= last:
                     break
     except Exception as exc:  # av.FFmpegError and friends: broken before the last wanted frame

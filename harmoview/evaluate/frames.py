@@ -13,6 +13,8 @@ import av
 import cv2
 import numpy as np
 
+from datakit.video.decode import quarter_turns, upright
+
 FLOW_WIDTH_PX = 256  #: frames are downscaled to this width before optical flow (motion is in these pixels)
 
 
@@ -33,6 +35,11 @@ def flow_grey(bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY)
 
 
+def _upright_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as displayed: phone footage stores pixels sideways with a rotation in its metadata."""
+    return upright(frame.to_ndarray(format="bgr24"), quarter_turns(frame.rotation))
+
+
 def sample_frames(path: str | Path, sample_fps: float = 4.0, max_frames: int = 64) -> list[SampledFrame]:
     """Frames of ``path`` every ``1 / sample_fps`` seconds (at most ``max_frames``), decoded in order."""
     if sample_fps <= 0:
@@ -46,13 +53,13 @@ def sample_frames(path: str | Path, sample_fps: float = 4.0, max_frames: int = 6
         for index, frame in enumerate(container.decode(stream)):
             t_s = float(frame.time) if frame.time is not None else index / fps
             if samples and samples[-1].next_grey is None and samples[-1].index == index - 1:
-                samples[-1].next_grey = flow_grey(frame.to_ndarray(format="bgr24"))
+                samples[-1].next_grey = flow_grey(_upright_bgr(frame))
             if len(samples) >= max_frames:
                 if samples[-1].next_grey is not None:
                     break
                 continue
             if t_s + 0.5 / fps >= next_t_s:  # half a frame of slack: 30 fps sampled at 4 fps takes every 7.5th
-                samples.append(SampledFrame(index=index, t_s=t_s, bgr=frame.to_ndarray(format="bgr24")))
+                samples.append(SampledFrame(index=index, t_s=t_s, bgr=_upright_bgr(frame)))
                 next_t_s += 1.0 / sample_fps
     return samples
 

@@ -36,7 +36,6 @@ from harmoview.evaluate.frames import SampledFrame
 
 SMALL_FACE_PX = 80.0  #: datakit's min_embed_px: below it embeddings are less reliable
 TURNED_YAW_DEG = 45.0  #: datakit's max_embed_yaw_deg
-REFERENCE_PAD = 0.3  #: border added around a reference photo: detectors miss faces that fill a tight crop
 
 
 class ReferenceError(ValueError):
@@ -66,12 +65,10 @@ def embed_reference(stack: FaceStack, image: str | Path | np.ndarray) -> np.ndar
     bgr = cv2.imread(name) if not isinstance(image, np.ndarray) else image
     if bgr is None:
         raise ReferenceError(f"cannot read reference image {name}")
-    pad = round(REFERENCE_PAD * max(bgr.shape[:2]))
-    padded = cv2.copyMakeBorder(bgr, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    faces = stack.detect(padded)
+    faces = stack.detect_photo(bgr)  # the photo path of datakit query / generate --ref: tight crops padded there
     if not faces:
         raise ReferenceError(f"no face found in reference image {name} by {stack.name}")
-    return stack.embedder.embed([stack.embedder.chip(padded, _largest(faces))])[0]
+    return stack.embedder.embed([stack.embedder.chip(bgr, _largest(faces))])[0]
 
 
 def embed_identity(stack: FaceStack, identity_id: str, references: dict[str, str | Path]) -> IdentityEmbeddings:

@@ -65,3 +65,25 @@ def test_photo_errors_name_the_file(face_stack, tmp_path):
         route_photo(PhotoRef(path=STILLS / "two_people.jpg"), face_stack)
     with pytest.raises(FileNotFoundError, match=r"missing\.jpg"):
         route_photo(PhotoRef(path=tmp_path / "missing.jpg"), face_stack)
+
+
+def test_tight_crop_reference_with_the_arcface_pack(tmp_path):
+    """A reference photo that the face fills (cut at the face box): SCRFD alone finds nothing there; the photo
+    path pads it, so `generate --ref` routes it and evaluation embeds it like the uncut photo."""
+    pytest.importorskip("insightface")
+    import cv2
+
+    from datakit.faces import build_face_stack
+    from harmoview.evaluate.metrics import embed_reference
+    from tests.conftest import MODELS
+
+    stack = build_face_stack("insightface", models_dir=MODELS, insightface_pack=MODELS / "insightface_sc_int8")
+    image = cv2.imread(str(STILLS / "lin-manuel-miranda.png"))
+    x0, y0, x1, y1 = (round(v) for v in stack.detect(image)[0].bbox)
+    crop_path = tmp_path / "miranda_tight.png"
+    cv2.imwrite(str(crop_path), image[max(y0, 0) : y1, max(x0, 0) : x1])
+    assert stack.detect(cv2.imread(str(crop_path))) == []
+    routed = route_photo(PhotoRef.parse(str(crop_path)), stack)
+    assert routed.slot == "frontal" and routed.face_px > 200
+    cosine = float(embed_reference(stack, crop_path) @ embed_reference(stack, STILLS / "lin-manuel-miranda.png"))
+    assert cosine > 0.8  # measured 0.91: the same face, with and without its surroundings

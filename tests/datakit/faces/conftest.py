@@ -36,7 +36,7 @@ def models_dir() -> Path:
     return MODELS
 
 
-def _video_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
+def video_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
     """Frames ``indices`` of a video, decoded sequentially (no seeking)."""
     capture = cv2.VideoCapture(str(path))
     frames: dict[int, np.ndarray] = {}
@@ -55,7 +55,7 @@ def _video_frames(path: Path, indices: set[int]) -> dict[int, np.ndarray]:
 @pytest.fixture(scope="session")
 def hamilton_frames() -> dict[int, np.ndarray]:
     """Frames of the labelled Hamilton close-up (Alex Lacamoire in profile, facing frame-left)."""
-    return _video_frames(HAMILTON, {30, 40, 50})
+    return video_frames(HAMILTON, {30, 40, 50})
 
 
 @pytest.fixture(scope="session")

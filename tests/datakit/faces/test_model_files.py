@@ -63,3 +63,49 @@ def test_unknown_backend_and_missing_insightface_pack(monkeypatch):
         build_face_stack("mtcnn")
     with pytest.raises(ModelNotFoundError, match="DATAKIT_INSIGHTFACE_PACK"):
         build_face_stack("insightface")
+
+
+# --- `--backend auto`: a configured or fetched insightface pack, else yunet, else dlib --------------------------
+
+
+@pytest.fixture
+def clean_env(tmp_path, monkeypatch):
+    """No pack or models folder from the environment, and an empty per-user cache."""
+    monkeypatch.delenv("DATAKIT_MODELS_DIR", raising=False)
+    monkeypatch.delenv("DATAKIT_INSIGHTFACE_PACK", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+
+
+def test_auto_prefers_a_configured_pack(models_dir, clean_env, monkeypatch):
+    import datakit.faces as faces
+
+    monkeypatch.setattr(faces, "_insightface_installed", lambda: True)
+    pack = models_dir / "insightface_sc_int8"
+    choice = faces.choose_auto_backend(models_dir, pack)
+    assert choice.backend == "insightface" and choice.insightface_pack == pack
+    assert "--insightface-pack" in choice.reason and "insightface_sc_int8" in choice.reason
+    monkeypatch.setenv("DATAKIT_INSIGHTFACE_PACK", str(pack))  # the variable configures it too
+    assert faces.choose_auto_backend(models_dir).insightface_pack == pack
+
+
+def test_auto_ignores_a_pack_copied_by_hand_into_the_models_folder(models_dir, clean_env, monkeypatch):
+    """../shared/models holds insightface_sc_int8 without datakit's marker: the documented default stays."""
+    import datakit.faces as faces
+
+    monkeypatch.setattr(faces, "_insightface_installed", lambda: True)
+    choice = faces.choose_auto_backend(models_dir)
+    assert choice.backend == "yunet" and choice.notes == () and str(models_dir) in choice.reason
+
+
+def test_auto_passes_over_an_unusable_pack_and_says_why(models_dir, clean_env, tmp_path, monkeypatch):
+    import datakit.faces as faces
+
+    monkeypatch.setattr(faces, "_insightface_installed", lambda: False)
+    choice = faces.choose_auto_backend(models_dir, models_dir / "insightface_sc_int8")
+    assert choice.backend == "yunet" and "insightface package is not installed" in choice.notes[0]
+    monkeypatch.setattr(faces, "_insightface_installed", lambda: True)
+    (tmp_path / "empty-pack").mkdir()
+    stack = build_face_stack("auto", models_dir=tmp_path / "nowhere", insightface_pack=tmp_path / "empty-pack")
+    assert stack.name == "dlib-hog+dlib68+dlib"  # no pack, no YuNet files: the fallback, with every reason
+    notes = " ".join(stack.notes)
+    assert "holds no *.onnx" in notes and "default stack unavailable" in notes and "profile" in notes

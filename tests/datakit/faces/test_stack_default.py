@@ -87,3 +87,12 @@ def test_describe(default_stack):
     assert description["sees_profiles"] is True
     assert description["embedding_dim"] == 128
     assert description["notes"] == []
+
+
+def test_auto_with_the_shared_models_is_the_default_stack(models_dir, monkeypatch):
+    """The documented default: a models folder with YuNet/FSA-Net and no configured or fetched pack."""
+    from datakit.faces import build_face_stack
+
+    monkeypatch.delenv("DATAKIT_INSIGHTFACE_PACK", raising=False)
+    stack = build_face_stack("auto", models_dir=models_dir)
+    assert stack.name == "yunet+fsanet+dlib" and stack.notes == []

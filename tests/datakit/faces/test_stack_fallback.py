@@ -76,3 +76,13 @@ def test_pnp_recovers_known_rotations():
     assert abs(pitch - 15) < 2 and abs(yaw) < 2  # chin forward: looks up
     yaw, pitch, roll = pose_from_68(project([0, 0, np.radians(20)]), (360, 640))
     assert abs(roll - 20) < 2 and abs(yaw) < 2  # clockwise in the image (y down)
+
+
+def test_fallback_stack_was_chosen_for_the_missing_files(tmp_path, monkeypatch):
+    """`auto` explains itself: the choice names the missing default-stack files."""
+    from datakit.faces import choose_auto_backend
+
+    monkeypatch.delenv("DATAKIT_INSIGHTFACE_PACK", raising=False)
+    choice = choose_auto_backend(tmp_path / "nowhere")
+    assert choice.backend == "dlib" and choice.insightface_pack is None
+    assert "insightface pack" in choice.reason and "does not exist" in choice.notes[0]

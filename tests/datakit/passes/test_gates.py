@@ -12,6 +12,7 @@ from PIL import Image
 
 from datakit.config import BuildConfig
 from datakit.faces.yunet import YuNetDetector
+from datakit.passes.consolidate import FRAGMENT
 from datakit.passes.gates import DROP_REASONS, GateThresholds, apply_gates, landmarks_plausible
 from tests.conftest import MODELS, STILLS, build_in_subprocess
 
@@ -41,7 +42,7 @@ def test_hamilton_non_faces_are_dropped_with_a_reason_and_never_linked(shipped_r
     faces = _table(shipped_run, "faces", ["track_id", "sharpness", "face_px"]).to_pandas()
     sharp = faces.groupby("track_id").sharpness.median()
     for t in tracks:
-        assert t["drop_reason"] in (None, *DROP_REASONS)
+        assert t["drop_reason"] in (None, *DROP_REASONS, FRAGMENT)  # fragments: after the gates
         assert (t["identity_id"] is None) == (t["drop_reason"] is not None), t["track_id"]
         if sharp[t["track_id"]] < 10:  # the dark audience blobs and the logo measure 1-6
             assert t["drop_reason"] is not None, t["track_id"]
@@ -58,11 +59,13 @@ def test_hamilton_non_faces_are_dropped_with_a_reason_and_never_linked(shipped_r
 
 
 def test_gates_use_the_stored_evidence_only(shipped_run):
-    """Re-gating a finished run's tables gives its drop reasons back (no model is needed)."""
+    """Re-gating a finished run's tables gives its drop reasons back (no model is needed); a fragment passed
+    the gates (it is dropped after them, by the consolidation)."""
     tracks, faces = _table(shipped_run, "tracks"), _table(shipped_run, "faces")
     defaults = GateThresholds.resolve(BuildConfig(src=".", out="."), YuNetDetector)  # the run's settings
     regated = apply_gates(tracks, faces, defaults)
-    assert regated.column("drop_reason").to_pylist() == tracks.column("drop_reason").to_pylist()
+    stored = [None if r == FRAGMENT else r for r in tracks.column("drop_reason").to_pylist()]
+    assert regated.column("drop_reason").to_pylist() == stored
     everything = apply_gates(tracks, faces, GateThresholds(0.0, 0.0, 1e9, 0.0))
     assert set(everything.column("drop_reason").to_pylist()) == {"blurry"}
 

@@ -277,3 +277,24 @@ def test_real_embeddings_obamas_and_bidens(still_tracks, threshold):
     obama = {lab[i] for i in np.flatnonzero(is_obama)}
     biden = {lab[i] for i in np.flatnonzero(is_biden)}
     assert len(obama) == 1 and len(biden) == 1 and obama != biden
+
+
+def test_consolidated_groups_start_as_one_and_link_across_videos_by_their_pooled_embedding():
+    rng = np.random.default_rng(7)
+    p, q = unit(rng.normal(size=(2, 32)))
+    # Video v0: three pieces of person p, one of them turned away (far from p's direction); video v1: p once.
+    turned = unit(p + 1.5 * q)
+    emb = [p, turned, jitter(rng, p, 1, 0.1)[0], jitter(rng, p, 1, 0.1)[0], q]
+    videos = ["v0", "v0", "v0", "v1", "v1"]
+    alone = labels(link_identities(make_tracks(emb, videos=videos), same_person_cosine=0.9))
+    assert not same(alone, "t000", "t001")  # the turned piece does not link on its own
+    groups = np.array([0, 0, 0, 3, 4])  # the within-video consolidation joined the three v0 pieces
+    lab = labels(link_identities(make_tracks(emb, videos=videos), same_person_cosine=0.7, groups=groups))
+    assert same(lab, "t000", "t001", "t002")
+    assert same(lab, "t000", "t003")  # the group's pooled embedding still links to v1
+    assert not same(lab, "t000", "t004")
+    # Row order does not change the result.
+    order = [4, 2, 0, 3, 1]
+    shuffled = make_tracks(emb, videos=videos).take(order)
+    again = labels(link_identities(shuffled, same_person_cosine=0.7, groups=groups[order]))
+    assert again == lab

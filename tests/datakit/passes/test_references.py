@@ -209,6 +209,27 @@ def test_other_videos_before_a_second_clip_of_one_video():
     assert refs(out, "id_p", "frontal") == ["a1_best", "b1_best", "a2_best"]
 
 
+def test_other_contexts_before_a_copy_of_the_footage():
+    """Videos va and vc are one recording (a copy): vb's poor face ranks before the copy's good one, and every
+    reference carries its context; without contexts every video is its own."""
+    tracks = make_tracks({"tA": ("a1", "id_p"), "tF": ("c1", "id_p"), "tC": ("b1", "id_p")})
+    faces = make_faces(
+        [
+            ("a1_best", "tA", "a1", "frontal", 0.9),
+            ("c1_best", "tF", "c1", "frontal", 0.8),  # video vc: a copy of va's footage
+            ("b1_best", "tC", "b1", "frontal", 0.3),  # video vb: another recording, poor quality
+        ]
+    )
+    contexts = pa.table({"clip_id": ["a1", "b1", "c1"], "context_id": ["ctx_x", "ctx_y", "ctx_x"]})
+    crops = make_crops(faces.column("face_id").to_pylist())
+    out = select_references(faces, crops, tracks, contexts=contexts)
+    assert refs(out, "id_p", "frontal") == ["a1_best", "b1_best", "c1_best"]
+    assert out.column("context_id").to_pylist() == ["ctx_x", "ctx_y", "ctx_x"]
+    plain = select_references(faces, crops, tracks)
+    assert refs(plain, "id_p", "frontal") == ["a1_best", "c1_best", "b1_best"]
+    assert plain.column("context_id").null_count == 3
+
+
 def test_offer_spread_keeps_crops_apart_in_time():
     made: list[int] = []
     pool: list[CropCandidate] = []

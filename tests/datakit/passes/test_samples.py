@@ -1,14 +1,17 @@
-"""Sample building: other-clip references preferred, same-clip fallback, ordering, ids, schema."""
+"""Sample building: other-context, then other-clip references preferred, same-clip fallback, ordering, ids, schema."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pytest
 
-from datakit.passes.samples import build_samples, sample_id_for
+from datakit.passes.samples import build_samples, num_other_context, sample_id_for
 from datakit.schema import CLIPS, PIPELINE_VERSION, REFERENCE_VIEWS, SAMPLES, VIDEOS, tracks_schema
 
 DIM = 4
+#: the recording of each test clip: a1..a3 are one shot of video va, b1 another video; c1 (video vc) is a copy
+#: of a1's footage in another file
+CONTEXTS = {"a1": "ctx_a", "a2": "ctx_a", "a3": "ctx_a", "b1": "ctx_b", "c1": "ctx_a"}
 
 
 def make_clips(rows: list[tuple[str, str, float, float]]) -> pa.Table:
@@ -26,6 +29,7 @@ def make_clips(rows: list[tuple[str, str, float, float]]) -> pa.Table:
             "num_faces": [1] * n,
             "num_tracks": [1] * n,
             "caption": [f"caption of {r[0]}" for r in rows],
+            "context_id": [CONTEXTS.get(r[0]) for r in rows],
             "pipeline_version": [PIPELINE_VERSION] * n,
         }
     )
@@ -70,6 +74,7 @@ def make_refs(rows: list[tuple[str, str, int, str, str]]) -> pa.Table:
             "track_id": ["t_" + r[3] for r in rows],
             "clip_id": [r[4] for r in rows],
             "video_id": ["v" + r[4][0] for r in rows],
+            "context_id": [CONTEXTS.get(r[4]) for r in rows],
             "frame_index": [0] * n,
             "t_s": [0.0] * n,
             "yaw_deg": [0.0] * n,
@@ -85,15 +90,15 @@ def make_refs(rows: list[tuple[str, str, int, str, str]]) -> pa.Table:
 
 VIDEOS_TABLE = pa.table(
     {
-        "video_id": ["va", "vb"],
-        "path": ["dir/a.mp4", "b.mov"],
-        "status": ["ok", "ok"],
-        "pipeline_version": [PIPELINE_VERSION] * 2,
+        "video_id": ["va", "vb", "vc"],
+        "path": ["dir/a.mp4", "b.mov", "copy_of_a.mkv"],
+        "status": ["ok", "ok", "ok"],
+        "pipeline_version": [PIPELINE_VERSION] * 3,
     }
 )
 VIDEOS_TABLE = pa.table(
     {
-        f.name: VIDEOS_TABLE.column(f.name) if f.name in VIDEOS_TABLE.column_names else pa.nulls(2, f.type)
+        f.name: VIDEOS_TABLE.column(f.name) if f.name in VIDEOS_TABLE.column_names else pa.nulls(3, f.type)
         for f in VIDEOS
     }
 ).cast(VIDEOS)
@@ -133,8 +138,9 @@ def test_prefers_other_clips_and_falls_back_to_the_same_clip():
     assert [p["identity_id"] for p in a1["identities"]] == ["id_q", "id_p"]  # by screen time
     p = a1["identities"][1]
     assert p["track_ids"] == ["p1", "p3"]
-    got = [(r["view"], r["face_id"], r["same_clip"]) for r in p["references"]]
-    assert got == [("frontal", "pf_b1", False), ("left", "pl_a1", True)]  # rank 1 from b1 beats rank 0
+    got = [(r["view"], r["face_id"], r["same_clip"], r["same_context"]) for r in p["references"]]
+    assert got == [("frontal", "pf_b1", False, False), ("left", "pl_a1", True, True)]  # rank 1 from b1 beats 0
+    assert p["references"][0]["context_id"] == "ctx_b"
     q = a1["identities"][0]
     assert [(r["face_id"], r["same_clip"], r["crop"]) for r in q["references"]] == [("qr_a1", True, b"qr_a1")]
     assert q["references"][0]["face_box"] == [1.0, 2.0, 6.0, 4.0]  # the crop's face box travels with it
@@ -167,3 +173,40 @@ def test_person_without_references_and_missing_video():
         build_samples(CLIPS_TABLE, TRACKS_TABLE, REFS_TABLE, VIDEOS_TABLE.slice(0, 1))
     empty = build_samples(CLIPS_TABLE.slice(0, 0), TRACKS_TABLE, REFS_TABLE, VIDEOS_TABLE)
     assert empty.num_rows == 0 and empty.schema == SAMPLES
+
+
+def test_prefers_another_context_over_a_copy_of_the_target():
+    """A reference from a copy of the target's footage (another file, same recording) is taken only when no
+    other recording has that view, and then says so (same_context, not same_clip)."""
+    clips = make_clips([("a1", "va", 0.0, 5.0), ("b1", "vb", 0.0, 4.0), ("c1", "vc", 0.0, 5.0)])
+    tracks = make_tracks(
+        [("p1", "a1", "id_p", 0.0, 1.0), ("p2", "b1", "id_p", 0.0, 2.0), ("p3", "c1", "id_p", 0.0, 2.0)]
+    )
+    refs = make_refs(
+        [
+            ("id_p", "frontal", 0, "pf_c1", "c1"),  # the best frontal is in the copy of a1
+            ("id_p", "frontal", 1, "pf_b1", "b1"),
+            ("id_p", "left", 0, "pl_c1", "c1"),  # the only left view is in the copy
+        ]
+    )
+    samples = by_clip(build_samples(clips, tracks, refs, VIDEOS_TABLE))
+    a1 = samples["a1"]
+    assert a1["context_id"] == "ctx_a"
+    got = [(r["face_id"], r["same_clip"], r["same_context"]) for r in a1["identities"][0]["references"]]
+    assert got == [("pf_b1", False, False), ("pl_c1", False, True)]
+    # Without contexts (null), another video counts as another recording, as before contexts existed.
+    unknown = refs.set_column(refs.schema.get_field_index("context_id"), "context_id", pa.nulls(3, pa.string()))
+    got = [
+        (r["face_id"], r["same_context"])
+        for r in by_clip(build_samples(clips, tracks, unknown, VIDEOS_TABLE))["a1"]["identities"][0]["references"]
+    ]
+    assert got == [("pf_c1", False), ("pl_c1", False)]
+
+
+def test_num_other_context_counts_samples_with_a_reference_from_another_recording():
+    out = build_samples(CLIPS_TABLE, TRACKS_TABLE, REFS_TABLE, VIDEOS_TABLE)
+    # a1: p's frontal comes from b1 (another recording); b1: both of p's references come from a1 (another)
+    assert num_other_context(out) == 2
+    only_a1 = make_refs([("id_p", "frontal", 0, "pf_a1", "a1"), ("id_q", "right", 0, "qr_a1", "a1")])
+    assert num_other_context(build_samples(CLIPS_TABLE, TRACKS_TABLE, only_a1, VIDEOS_TABLE)) == 1  # b1 only
+    assert num_other_context(out.slice(0, 0)) == 0

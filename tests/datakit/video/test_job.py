@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from datakit import schema
@@ -66,3 +67,23 @@ def test_the_videos_row_has_every_column_and_falls_back_to_the_clips_for_its_dur
     assert videos_row(src, "failed", probe=unknown)["duration_s"] is None  # not decoded: no clips to go by
     copy = videos_row(src, "duplicate", error="same content as x", video_id="p_1")
     assert copy["video_id"] == "p_1" and copy["path"] == src.rel_path and copy["fps"] is None
+
+
+def test_clips_carry_the_fingerprint_of_their_sampled_frames(stack):
+    """Each clip holds one hash per sampled non-flat frame, inside its time range; the two files of one
+    recording (single_face.mp4, the first shot of face_then_noface_hevc.mov) get the same hashes."""
+    from datakit.passes.contexts import shares_footage
+
+    cfg = BuildConfig(src=VIDEOS, out="unused")
+    prints = {}
+    for name in ("single_face.mp4", "face_then_noface_hevc.mov"):
+        clips = process_video(_source(name), stack, cfg).tables["clips"].to_pylist()
+        for clip in clips:
+            assert len(clip["fingerprint"]) == len(clip["fingerprint_t_s"]) >= 2
+            assert all(clip["start_s"] - 1e-6 <= t < clip["end_s"] for t in clip["fingerprint_t_s"])
+            assert clip["context_id"] is None  # the global pass fills it
+        prints[name] = [(np.array(c["fingerprint"]), np.array(c["fingerprint_t_s"])) for c in clips]
+    single, copy = prints["single_face.mp4"][0], prints["face_then_noface_hevc.mov"][0]
+    assert sum(a == b for a, b in zip(single[0], copy[0], strict=False)) >= len(single[0]) // 2
+    assert shares_footage(single, copy, step_s=1 / cfg.sample_fps)
+    assert not shares_footage(single, prints["face_then_noface_hevc.mov"][1], step_s=1 / cfg.sample_fps)

@@ -23,10 +23,10 @@ from harmoview.data.buckets import Bucket, choose_bucket, span, window
 from harmoview.data.dataset import DataConfig, SampleIndex, SampleReader, TrainDataset
 from harmoview.data.video_io import SampleError, decode_crop, read_frames, resize_center_crop, to_unit_range
 from harmoview.model.config import VIEW_SLOTS
-from tests.conftest import ROOT, VIDEOS
+from tests.conftest import ROOT, SHIPPED_SAMPLES, VIDEOS
 
 TINY = {"frame_counts": (5,), "resolutions": ((32, 32), (32, 48)), "fps": 8.0, "ref_size": (32, 32)}
-NUM_SAMPLES = 15  # samples datakit makes of the shipped footage
+NUM_SAMPLES = SHIPPED_SAMPLES  # samples datakit makes of the shipped footage
 
 
 def tiny(**overrides) -> DataConfig:
@@ -394,7 +394,7 @@ def test_unusable_manifests_are_clear_errors(run_copy: Path, table: pa.Table) ->
     assert all(b["video"].shape[0] == 0 and b["ref_pixels"].shape[0] == 0 for b in epoch)
     assert Counter(s[1] for b in epoch for s in b["skipped"]) == {"bad_crop": NUM_SAMPLES}
 
-    with pytest.raises(ValueError, match=r"none of the 15 samples.*too_short"):
+    with pytest.raises(ValueError, match=rf"none of the {NUM_SAMPLES} samples.*too_short"):
         SampleIndex.open([run_copy], tiny(frame_counts=(801,)))
 
     rewrite_samples(run_copy, table.schema.empty_table())

@@ -25,7 +25,7 @@ from harmoview.testing import tiny_vit_layers
 from harmoview.train.cache import build_cache
 from harmoview.train.log import MetricsLog
 from harmoview.train.trainer import Trainer, train
-from tests.conftest import VIDEOS
+from tests.conftest import SHIPPED_SAMPLES, VIDEOS
 from tests.harmoview.train.helpers import (
     ROOT,
     TEXT_LEN,
@@ -49,9 +49,9 @@ def cache_dir(shipped_run, tiny_encoders, tmp_path_factory) -> Path:
     data.ref_size = (32, 32)  # the tiny DiT's 4x4 reference latents at VAE stride 8
     out = tmp_path_factory.mktemp("cache")
     summary = build_cache([shipped_run], out, encoders, data, progress=False)
-    assert summary.written == 15 and not summary.skipped
+    assert summary.written == SHIPPED_SAMPLES and not summary.skipped
     again = build_cache([shipped_run], out, encoders, data, progress=False)  # resumable: nothing redone
-    assert again.written == 0 and again.present == 15
+    assert again.written == 0 and again.present == SHIPPED_SAMPLES
     return out
 
 
@@ -136,7 +136,7 @@ def test_cli_cache_then_train_from_it(shipped_run, tiny_encoders, tiny_init, tmp
     encoder_flags = encoder_args(tiny_encoders)
     cache = ["cache", "--manifests", str(shipped_run), "--out", str(tmp_path / "cache"), "--buckets", "tiny"]
     assert main([*cache, "--ref-latent-size", "4", *encoder_flags, "--quiet"]) == 0
-    assert "15 samples encoded" in capsys.readouterr().out
+    assert f"{SHIPPED_SAMPLES} samples encoded" in capsys.readouterr().out
     overrides = write_overrides(tmp_path / "o.json", steps=2)
     args = cli_args("pvc-stage1", shipped_run, tiny_encoders, tmp_path / "out", tiny_init, overrides)
     assert main([*args, "--cache", str(tmp_path / "cache")]) == 0
