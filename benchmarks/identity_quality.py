@@ -10,7 +10,8 @@ truth of :mod:`benchmarks.media_truth`:
   identities, identities mixing people;
 - tracks dropped by gate (``tracks.drop_reason``; all null / absent before the gates existed), and how many
   of the dropped tracks were labelled faces;
-- pairwise precision / recall / F1 of the linking over labelled kept tracks (same label <=> same identity);
+- pairwise precision / recall / F1 of the linking over labelled kept tracks (same label <=> same identity),
+  and BCubed precision / recall / F1 over the same tracks;
   pairs the truth cannot settle (carphone vs foreman, see media_truth) are left out;
 - the stills-video facts (obama 3x: one face per frame, same view and identity as 1x and the weekly
   addresses; Miranda's still video joins his Hamilton track; Lacamoire's close-up is one identity);
@@ -189,6 +190,36 @@ def pairwise(tracks: dict) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall, "f1": f1, "kept": len(kept)}
 
 
+def bcubed(tracks: dict) -> dict:
+    """BCubed precision / recall over labelled kept tracks (Bagga & Baldwin 1998; Amigo et al. 2009).
+
+    Per track: precision = share of the tracks in its identity that show its person, recall = share of its
+    person's tracks that are in its identity (itself included); averaged over tracks. Unlike pairwise scores
+    a big identity does not dominate. A track without an identity is an identity of its own; pairs the media
+    truth calls uncertain (``same_person`` None) are left out.
+    """
+    kept = [(tid, t) for tid, t in tracks.items() if t["label"] is not None and t["drop"] is None]
+    precisions, recalls = [], []
+    for tid, t in kept:
+        mine = t["identity"] or f"none:{tid}"
+        same_id = same_person = both = 0
+        for oid, o in kept:
+            truth = True if oid == tid else mt.same_person(t["label"], o["label"])
+            if truth is None:
+                continue
+            pred = (o["identity"] or f"none:{oid}") == mine
+            same_id += pred
+            same_person += truth
+            both += pred and truth
+        precisions.append(both / same_id)
+        recalls.append(both / same_person)
+    nan = float("nan")
+    precision = sum(precisions) / len(precisions) if precisions else nan
+    recall = sum(recalls) / len(recalls) if recalls else nan
+    f1 = 2 * precision * recall / (precision + recall) if precisions and precision + recall else nan
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def _ids(tracks: dict, video: str, label: str | None = None) -> set:
     return {
         t["identity"]
@@ -296,6 +327,7 @@ def score(run: Path, summary: dict) -> dict:
         "drops": dict(drops),
         "dropped_labelled": dropped_labelled,
         "pairwise": pairwise(tracks),
+        "bcubed": bcubed(tracks),
         "obama3_faces_per_frame": fpf(o3),
         "obama1_faces_per_frame": fpf(o1),
         "biden3_faces_per_frame": fpf(b3),
@@ -647,6 +679,7 @@ ROWS = (
     ("pairwise precision", None),
     ("pairwise recall", None),
     ("pairwise F1 (tp / fp / fn)", None),
+    ("BCubed precision / recall / F1", None),
     ("obama 3x: faces per sampled frame", "obama3_faces_per_frame"),
     ("obama 1x: faces per sampled frame", "obama1_faces_per_frame"),
     ("biden2 3x: faces per sampled frame", "biden3_faces_per_frame"),
@@ -683,6 +716,9 @@ def _cell(res: dict, label: str, key: str | None) -> str:
         return f"{pw['recall']:.3f}"
     if label.startswith("pairwise F1"):
         return f"{pw['f1']:.3f} ({pw['tp']} / {pw['fp']} / {pw['fn']})"
+    if label.startswith("BCubed"):
+        bc = res["bcubed"]
+        return f"{bc['precision']:.3f} / {bc['recall']:.3f} / {bc['f1']:.3f}"
     if label == "build wall s":
         return f"{res['wall_s']:.0f}"
     return "?"
