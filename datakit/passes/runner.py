@@ -74,7 +74,7 @@ def run_passes(
     clips = clips.take(pc.sort_indices(clips, [("clip_id", "ascending")]))
     clips = context_pass(run, clips, cfg.sample_fps)  # 0. contexts: duplicate footage, read by the references
     seconds = {"contexts": time.perf_counter() - t}
-    result = PassResult(seconds=seconds | (identity_pass(run, cfg, stack) if stack is not None else {}))  # 1.
+    result = PassResult(seconds=seconds | (identity_pass(run, cfg, stack, clips) if stack is not None else {}))  # 1.
     t = time.perf_counter()
     clips = apply_clip_filters(clips, cfg, CHEAP_FILTERS)  # 2. cheap clip filters
     result.seconds["clip_filters"] = time.perf_counter() - t
@@ -93,9 +93,10 @@ def run_passes(
     return result
 
 
-def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, float]:
+def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack, clips: pa.Table) -> dict[str, float]:
     """Gate tracks, consolidate each video's pieces (dropping fragments), link identities, pick references;
-    writes ``tracks``, ``identities``, ``reference_views``."""
+    writes ``tracks``, ``identities``, ``reference_views``. ``clips``: the run's per-video clips (their
+    boundaries tell length splits from cuts)."""
     dim = stack.embedder.dim
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -112,7 +113,6 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack) -> dict[str, 
     t = time.perf_counter()
     # Within each video first: pieces joined across length splits, then one person's chains by set-to-set
     # similarity; fragments that join nothing are dropped (datakit.passes.consolidate).
-    clips = run.read("clips", schema.CLIPS, stage=True)
     tracks, groups = consolidate_passed(tracks, faces, clips, cfg, stack.embedder)
     passed = pc.is_null(tracks.column("drop_reason"))
     seconds["consolidate"] = time.perf_counter() - t
