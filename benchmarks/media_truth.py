@@ -98,6 +98,14 @@ CROWD_FOREGROUND: dict[str, tuple[int, float, float]] = {
     "red-haired man": (54, 578.0, 675.0),
     "boy in blue hoodie": (54, 962.0, 734.0),
 }
+#: the woman in the pink scarf crossing from left to right at ~900 px/s: a point inside her face at each of
+#: the four samples she is in (frames 0, 9, 18, 27; three-quarter to profile, ~110 px)
+CROWD_CROSSING: dict[int, tuple[float, float]] = {
+    0: (339.0, 779.0),
+    9: (659.0, 817.0),
+    18: (985.0, 824.0),
+    27: (1341.0, 830.0),
+}
 
 
 #: People of each still, left to right (the largest faces; small faces of others are unlabelled).

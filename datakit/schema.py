@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = "1.0"
-PIPELINE_VERSION = "datakit-0.3.0"
+PIPELINE_VERSION = "datakit-0.4.0"
 
 #: Reference view slots / view bins, in the model's slot order (see datakit.views).
 VIEWS: tuple[str, ...] = ("frontal", "left", "right", "left_profile", "right_profile")

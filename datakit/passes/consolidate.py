@@ -25,6 +25,19 @@ by track id) and independent of how the video was cut into work items:
    boxes and times are used, never the per-video tracker's state, and segments of long videos start only
    at cuts (:func:`datakit.video.segments.plan_segments`), so a length split lies inside one work item
    and joins the same in an unsplit or a segmented run.
+   **Fast movers** (:func:`fast_mover_links`). The tracker links one sampling step only within
+   ``track_max_shift`` face sizes, and a track's first step has no velocity yet: someone crossing the
+   frame faster than that per step (on crowd_walk a woman crossing at ~900 px/s, 3.0 face sizes per 0.36 s
+   step) leaves one-face pieces. Two pieces of one shot (its length splits included) are joined when the
+   last face of one and the first of the other are consecutive samples farther apart than the tracker's
+   gate, with sizes within ``track_max_scale``, *and* the step continues at constant velocity: the earlier
+   piece's previous face and the later piece's next face (those that exist) lie within
+   ``FAST_MOVER_TOLERANCE`` (0.5) face sizes of where the constant velocity puts them; between two
+   one-face pieces, a third one-face-step piece before or after them must. Three collinear, evenly
+   spaced faces of one size are what a walking or running person leaves; a chance alignment of other
+   boxes to half a face size is rare (the crossing woman's steps miss the constant-velocity prediction by
+   0.06 and 0.27 face sizes). The appearance veto of the split joins applies too. Pairs are taken
+   greedily by that error, one-to-one.
 2. **Set-to-set consolidation** (:func:`consolidate_video`). Per video, chains are clustered by the
    similarity of *all* their embedded faces: the score of two chains is the mean cosine over all their
    face pairs (``consolidate_top_k`` > 0: over the k best pairs only). Measured on both stacks it
@@ -64,6 +77,7 @@ __all__ = [
     "Continuity",
     "consolidate",
     "consolidate_video",
+    "fast_mover_links",
     "fragment_chains",
     "length_splits",
     "set_scores",
@@ -82,6 +96,9 @@ FRAGMENT = "fragment"
 #: across videos (dlib >= 0.949; ArcFace: all but a profile at 0.101 >= 0.401); *veto* below every pair of
 #: pieces of one appearance (dlib >= 0.915, ArcFace >= 0.205) and above the wrong joins a velocity-based
 #: geometry made at an occlusion (ArcFace <= 0.081).
+#: largest miss (face sizes) of a constant-velocity prediction that confirms a fast mover's step
+FAST_MOVER_TOLERANCE = 0.5
+
 CONSOLIDATE_COSINE: dict[str, tuple[float, float]] = {"dlib-resnet-v1": (0.93, 0.88), "arcface": (0.30, 0.12)}
 
 
@@ -190,12 +207,15 @@ def split_chains(
     sets: list[np.ndarray] | None = None,
     veto_below: float = -np.inf,
     top_k: int = 0,
+    shot_of_clip: dict[str, int] | None = None,
 ) -> list[int]:
     """A chain code per row of ``tracks``: track pieces joined across the length ``splits``.
 
     ``sets``: per row, its embedded faces; two pieces that both have some and score below ``veto_below``
     (set-to-set, :func:`set_scores`) are not joined whatever their positions: where a passer-by occludes a
     face at the boundary, the nearest box after it can be someone else's.
+    ``shot_of_clip`` (:func:`shots_of_clips`): when given, fast movers' pieces are joined too
+    (:func:`fast_mover_links`).
     """
     ids = tracks.column("track_id").to_pylist()
     parent = list(range(len(ids)))
@@ -222,7 +242,117 @@ def split_chains(
                     used_a.add(i)
                     used_b.add(j)
                     parent[_root(parent, j)] = _root(parent, i)
+    if shot_of_clip is not None:
+        fast_mover_links(tracks, faces, shot_of_clip, gates, parent, sets, veto_below, top_k)
     return [_root(parent, i) for i in range(len(ids))]
+
+
+def _points(faces: pa.Table) -> dict[str, np.ndarray]:
+    """Per track: its faces in time order as rows ``(t, cx, cy, size)``."""
+    t = faces.select(["track_id", "t_s", "bbox"])
+    t = t.take(pc.sort_indices(t, [("track_id", "ascending"), ("t_s", "ascending")]))
+    ids = t.column("track_id").to_pylist()
+    box = np.asarray(t.column("bbox").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float64)
+    box = box.reshape(-1, 4)
+    size = np.sqrt(np.maximum(box[:, 2] - box[:, 0], 1e-6) * np.maximum(box[:, 3] - box[:, 1], 1e-6))
+    rows = np.stack([t.column("t_s").to_numpy(), (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2, size], 1)
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[start]:
+            out[ids[start]] = rows[start:i]
+            start = i
+    return out
+
+
+def _miss(p: np.ndarray, q: np.ndarray, r: np.ndarray, max_scale: float) -> float:
+    """How far (in ``r``'s face sizes) ``r`` lies from where constant velocity from ``p`` to ``q`` puts it;
+    infinite when the three sizes are not one face's."""
+    sizes = (p[3], q[3], r[3])
+    if max(sizes) / min(sizes) > max_scale:
+        return np.inf
+    predicted = q[1:3] + (q[1:3] - p[1:3]) * (r[0] - q[0]) / max(q[0] - p[0], 1e-9)
+    return float(np.linalg.norm(r[1:3] - predicted)) / r[3]
+
+
+def fast_mover_links(
+    tracks: pa.Table,
+    faces: pa.Table,
+    shot_of_clip: dict[str, int],
+    gates: Continuity,
+    parent: list[int],
+    sets: list[np.ndarray] | None = None,
+    veto_below: float = -np.inf,
+    top_k: int = 0,
+) -> None:
+    """Join the pieces a fast mover leaves (see the module docstring) into ``parent`` (union-find over the
+    rows of ``tracks``). ``shot_of_clip``: clips joined by length splits share a shot number."""
+    ids = tracks.column("track_id").to_pylist()
+    clip_of = tracks.column("clip_id").to_pylist()
+    pts = _points(faces.filter(pc.is_in(faces.column("track_id"), value_set=pa.array(ids, pa.string()))))
+    step = 1.5 / gates.sample_fps  # one sampling step; the half step absorbs rounding to whole frames
+    by_shot: dict[int, list[int]] = {}
+    for i, clip in enumerate(clip_of):
+        if ids[i] in pts:
+            by_shot.setdefault(shot_of_clip.get(clip, -1 - i), []).append(i)
+    links = []
+    for members in by_shot.values():
+        nxt: dict[int, list[int]] = {}  # piece -> pieces starting one fast step after it ends
+        for i in members:
+            last = pts[ids[i]][-1]
+            for j in members:
+                first = pts[ids[j]][0]
+                if i == j or not 0 < first[0] - last[0] <= step:
+                    continue
+                if max(first[3], last[3]) / min(first[3], last[3]) > gates.max_scale:
+                    continue
+                if np.linalg.norm(first[1:3] - last[1:3]) / (0.5 * (first[3] + last[3])) > gates.max_shift:
+                    nxt.setdefault(i, []).append(j)
+        prv: dict[int, list[int]] = {}
+        for i, js in nxt.items():
+            for j in js:
+                prv.setdefault(j, []).append(i)
+        for i, js in sorted(nxt.items()):
+            a = pts[ids[i]]
+            for j in js:
+                b = pts[ids[j]]
+                # Each piece's own motion must agree (the earlier piece's previous face, the later piece's
+                # next face); one-face pieces borrow it from a neighbouring one-step piece.
+                own = []
+                if len(a) > 1:
+                    own.append(_miss(a[-2], a[-1], b[0], gates.max_scale))
+                if len(b) > 1:
+                    own.append(_miss(a[-1], b[0], b[1], gates.max_scale))
+                if own:
+                    miss = max(own)
+                else:
+                    borrowed = [_miss(a[-1], b[0], pts[ids[k]][0], gates.max_scale) for k in nxt.get(j, ())]
+                    borrowed += [_miss(pts[ids[k]][-1], a[-1], b[0], gates.max_scale) for k in prv.get(i, ())]
+                    miss = min(borrowed, default=np.inf)
+                if miss > FAST_MOVER_TOLERANCE:
+                    continue
+                both_embedded = sets is not None and len(sets[i]) and len(sets[j])
+                if both_embedded and set_scores([sets[i], sets[j]], top_k)[0, 1] < veto_below:
+                    continue
+                links.append((miss, ids[i], ids[j], i, j))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    for _, _, _, i, j in sorted(links):
+        if i not in used_a and j not in used_b and _root(parent, i) != _root(parent, j):
+            used_a.add(i)
+            used_b.add(j)
+            parent[_root(parent, j)] = _root(parent, i)
+
+
+def shots_of_clips(clips: pa.Table, splits: dict[tuple[str, str], float]) -> dict[str, int]:
+    """A shot number per clip: clips joined by length ``splits`` share one."""
+    ids = clips.column("clip_id").to_pylist() if clips.num_rows else []
+    index = {c: k for k, c in enumerate(sorted(ids))}
+    parent = list(range(len(index)))
+    for before, after in sorted(splits):
+        if before in index and after in index:
+            parent[_root(parent, index[after])] = _root(parent, index[before])
+    return {c: _root(parent, k) for c, k in index.items()}
 
 
 def _root(parent: list[int], i: int) -> int:
@@ -329,7 +459,8 @@ def consolidate(
     ids = t.column("track_id").to_pylist()
     sets_per_track = _face_sets(ids, faces, dim)
     splits = length_splits(clips, max_clip_s)
-    chain = np.array(split_chains(t, faces, splits, gates, sets_per_track, veto_below, top_k), np.int64)
+    shots = shots_of_clips(clips, splits)
+    chain = np.array(split_chains(t, faces, splits, gates, sets_per_track, veto_below, top_k, shots), np.int64)
     heads, chain_of = np.unique(chain, return_inverse=True)
     m = len(heads)
     sets = [np.concatenate([sets_per_track[i] for i in np.flatnonzero(chain_of == c)]) for c in range(m)]

@@ -22,9 +22,12 @@ ByteTrack (our own, simpler code):
   tracks left unmatched then take the low-score detections (between the detector's low threshold and
   ``start_score``). A low-score detection only *extends* a track: unmatched, it is discarded (``None``),
   never a new track, so lowering the detector's threshold adds no junk tracks.
-- **Assignment**: greedy on the combined cost (normalised shift + normalised scale change, lowest
-  first, ties broken by index). A frame holds few faces, and greedy keeps results identical on every
-  install (scipy's optimal solver is not a core dependency).
+- **Assignment**: optimal (``scipy.optimize.linear_sum_assignment``) over the pairs that pass the gates:
+  as many tracks continued as possible, then the least total cost (normalised shift + normalised scale
+  change). Greedy lowest-cost-first matching switched identities where people cross: on crowd_walk
+  (ArcFace pack) the boy's track, predicted to keep moving right, took the face of the man beside him
+  (cost 0.3, the man's own track 0.9), so the boy's face went to a passer-by's track and the man's
+  track lost a frame; the optimal assignment keeps all three.
 
 A cut (new shot) or a gap longer than ``max_gap_s`` ends every track. Identity embeddings then join
 tracks of the same person across shots and videos (datakit.passes.identities).
@@ -35,6 +38,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 if TYPE_CHECKING:
     from datakit.config import BuildConfig
@@ -192,22 +198,32 @@ class FaceTracker:
         return keys
 
     def _associate(self, t_s, boxes, group, free, keys, frame_size) -> list[int]:
-        """Greedy lowest-cost matching of detections ``group`` to tracks ``free``; returns tracks still free."""
-        pairs = []
-        for i in free:
-            if self._active[i].last_t >= t_s:  # already continued at this time
-                continue
-            for j in group:
-                cost = self.pair_cost(self._active[i], boxes[j], t_s, frame_size)
-                if cost is not None:
-                    pairs.append((cost, i, j))
+        """Optimal matching of detections ``group`` to tracks ``free`` (see the module docstring); returns the
+        tracks still free."""
+        rows = [i for i in free if self._active[i].last_t < t_s]  # not already continued at this time
+        cols = [j for j in group if keys[j] is None]
+        if not rows or not cols:
+            return free
+        cost = np.full((len(rows), len(cols)), np.inf)
+        for a, i in enumerate(rows):
+            for b, j in enumerate(cols):
+                c = self.pair_cost(self._active[i], boxes[j], t_s, frame_size)
+                if c is not None:
+                    cost[a, b] = c
+        allowed = np.isfinite(cost)
+        if not allowed.any():
+            return free
+        # A gated-out pair costs more than every allowed assignment together: the solver first maximises
+        # the number of allowed pairs, then minimises their total cost; gated-out pairs are then dropped.
+        big = 1.0 + cost[allowed].sum()
+        picked_rows, picked_cols = linear_sum_assignment(np.where(allowed, cost, big))
         taken_tracks: set[int] = set()
-        for _, i, j in sorted(pairs):
-            if i in taken_tracks or keys[j] is not None:
-                continue
-            taken_tracks.add(i)
-            keys[j] = self._active[i].key
-            self._active[i].move_to(boxes[j], t_s)
+        for a, b in zip(picked_rows.tolist(), picked_cols.tolist(), strict=True):
+            if allowed[a, b]:
+                i, j = rows[a], cols[b]
+                taken_tracks.add(i)
+                keys[j] = self._active[i].key
+                self._active[i].move_to(boxes[j], t_s)
         return [i for i in free if i not in taken_tracks]
 
 

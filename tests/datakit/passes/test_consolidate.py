@@ -14,6 +14,7 @@ from datakit.passes.consolidate import (
     fragment_chains,
     length_splits,
     set_scores,
+    shots_of_clips,
     split_chains,
 )
 from datakit.video.shots import Segment, split_long
@@ -124,6 +125,36 @@ def test_gates_and_appearance_veto():
     assert split_chains(pair, near, SPLIT, Continuity(), [e[:1], e[:1]], veto_below=0.5) == [0, 0]
     assert split_chains(pair, near, SPLIT, Continuity(), [e[:1], e[1:2]], veto_below=0.5) == [0, 1]
     assert split_chains(pair, near, SPLIT, Continuity(), [e[:1], e[:0]], veto_below=0.5) == [0, 0]  # no evidence
+
+
+#: the woman crossing crowd_walk at ~900 px/s (YuNet boxes: centre, size), one sample per 0.36 s
+CROSSING = [(339, 779, 107), (659, 817, 108), (985, 824, 108), (1341, 830, 118)]
+
+
+def test_a_fast_mover_s_one_face_pieces_join_at_constant_velocity():
+    faces = faces_table([(f"v_c0000_t{k:02d}", k * STEP, xys) for k, xys in enumerate(CROSSING)])
+    tracks = tracks_table([f"v_c0000_t{k:02d}" for k in range(4)])
+    one_shot = {"v_c0000": 0}
+    assert split_chains(tracks, faces, {}, Continuity(), shot_of_clip=one_shot) == [0, 0, 0, 0]
+    assert split_chains(tracks, faces, {}, Continuity()) == [0, 1, 2, 3]  # without shots: no fast-mover joins
+    # two steps alone are not evidence: any two faces farther apart than the tracker's gate would qualify
+    pair = tracks_table(["v_c0000_t00", "v_c0000_t01"])
+    assert split_chains(pair, faces, {}, Continuity(), shot_of_clip=one_shot) == [0, 1]
+
+
+def test_fast_mover_joins_need_constant_velocity_and_one_shot():
+    zigzag = [(339, 779, 107), (659, 817, 108), (400, 824, 108)]  # third face back where it came from
+    faces = faces_table([(f"v_c0000_t{k:02d}", k * STEP, xys) for k, xys in enumerate(zigzag)])
+    tracks = tracks_table([f"v_c0000_t{k:02d}" for k in range(3)])
+    assert split_chains(tracks, faces, {}, Continuity(), shot_of_clip={"v_c0000": 0}) == [0, 1, 2]
+    # the crossing cut by a length split (0.84 s) is still one shot; by a cut it is two
+    rows = [(f"v_c000{int(k * STEP > 0.84)}_t{k:02d}", k * STEP, xys) for k, xys in enumerate(CROSSING)]
+    faces = faces_table(rows)
+    tracks = tracks_table([r[0] for r in rows])
+    clips = clips_table(split_long([shot(0, 42)], FPS, 0.9))
+    assert split_chains(tracks, faces, SPLIT, Continuity(), shot_of_clip=shots_of_clips(clips, SPLIT)) == [0] * 4
+    two_shots = {"v_c0000": 0, "v_c0001": 1}
+    assert split_chains(tracks, faces, {}, Continuity(), shot_of_clip=two_shots) == [0, 0, 0, 3]
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Issue 15 on real multi-person footage: ``extra/crowd_walk.mp4`` (one 4.2 s shot, ~8-10 people with faces
 >= 40 px). The three foreground people present for the whole clip are one identity each, also when the shot
-is cut into five clips for length (``max_clip_s`` 1.0, a shot longer than 2 x max_clip_s); no identity is a
-1-2-face fragment; no two identities hold boxes on one face in one frame. Default stack and the ArcFace pack."""
+is cut into five clips for length (``max_clip_s`` 1.0, a shot longer than 2 x max_clip_s); the woman crossing
+in front of them at ~900 px/s is one identity; no identity is a 1-2-face fragment; no two identities hold
+boxes on one head in one frame. Default stack and the ArcFace pack."""
 
 from __future__ import annotations
 
@@ -80,18 +81,35 @@ def test_no_identity_is_a_fragment(crowd_run):
     run, stack, max_clip_s = crowd_run
     _, per_ident = _faces_by_frame(run)
     assert per_ident and min(per_ident.values()) >= 3, f"{stack} {max_clip_s}: {sorted(per_ident.values())}"
-    reasons = ds.dataset(run / "tracks").to_table(columns=["drop_reason"]).column("drop_reason").to_pylist()
-    assert "fragment" in reasons  # the crossing woman's one-face pieces, at least
 
 
-def test_no_two_identities_on_one_face(crowd_run):
+def test_the_fast_crossing_woman_is_one_identity(crowd_run):
+    """She moves ~3 face sizes between two samples, farther than the tracker links: her one-face pieces are
+    joined by their constant velocity (datakit.passes.consolidate.fast_mover_links), not dropped."""
+    run, stack, max_clip_s = crowd_run
+    by_frame, _ = _faces_by_frame(run)
+    hits = [{i for i, box in by_frame[frame] if _inside(box, x, y)} for frame, (x, y) in mt.CROWD_CROSSING.items()]
+    assert all(len(h) == 1 for h in hits), f"{stack} {max_clip_s}: {hits}"
+    assert len(set.union(*hits)) == 1, f"{stack} {max_clip_s}: {hits}"
+
+
+def _head(box) -> tuple[float, float, float, float]:
+    """A face box with the forehead above it: grown upward by a third of its height. YuNet's hair boxes on
+    the red-haired man have their centre 0.15-0.28 of his box height above its top; the white-haired
+    woman's face just above the crossing woman's head (a real face, behind her) 0.46."""
+    return (box[0], box[1] - (box[3] - box[1]) / 3, box[2], box[3])
+
+
+def test_no_two_identities_on_one_head(crowd_run):
+    """Not on one face, nor one on the other's hair (YuNet's second box on the red-haired man's hair)."""
     run, stack, max_clip_s = crowd_run
     by_frame, _ = _faces_by_frame(run)
     for frame, boxes in by_frame.items():
         for ia, a in boxes:
             for ib, b in boxes:
                 cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-                assert ia == ib or not _inside(a, cx, cy), f"{stack} {max_clip_s}: frame {frame}: {ia} and {ib}"
+                on_head = _inside(_head(a), cx, cy)
+                assert ia == ib or not on_head, f"{stack} {max_clip_s}: frame {frame}: {ia} and {ib}"
 
 
 def test_references_come_only_from_linked_tracks(crowd_run):

@@ -6,6 +6,7 @@ import io
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from PIL import Image
 from datakit.config import BuildConfig
 from datakit.faces.yunet import YuNetDetector
 from datakit.passes.consolidate import FRAGMENT
-from datakit.passes.gates import DROP_REASONS, GateThresholds, apply_gates, landmarks_plausible
+from datakit.passes.gates import DROP_REASONS, GateThresholds, apply_gates, landmarks_plausible, second_boxes
 from tests.conftest import MODELS, STILLS, build_in_subprocess
 
 
@@ -133,3 +134,48 @@ def test_lacamoire_close_up_is_one_identity_with_left_profile_views(shipped_run)
     assert "left_profile" in identity[0]["views"]
     refs = _table(shipped_run, "reference_views", ["identity_id", "view"]).to_pylist()
     assert any(r["identity_id"] == person and r["view"] == "left_profile" for r in refs)
+
+
+def _faces_at(rows: list[tuple[str, int, tuple[float, float, float], float]]) -> pa.Table:
+    """Faces ``(track_id, frame_index, (centre x, centre y, size), det_score)`` of one video, square boxes."""
+    return pa.table(
+        {
+            "video_id": ["v"] * len(rows),
+            "track_id": [r[0] for r in rows],
+            "frame_index": [r[1] for r in rows],
+            "bbox": pa.array(
+                [[x - s / 2, y - s / 2, x + s / 2, y + s / 2] for _, _, (x, y, s), _ in rows],
+                pa.list_(pa.float32(), 4),
+            ),
+            "det_score": [r[3] for r in rows],
+        }
+    )
+
+
+def test_a_second_box_on_a_head_is_told_from_a_face_above_it():
+    """crowd_walk, YuNet (centre, size, score read from a build): a box on the red-haired man's hair above
+    his face box, and the white-haired woman's face just above the crossing woman's head (a real face)."""
+    faces = _faces_at(
+        [
+            ("man", 45, (633, 658, 90), 0.89),
+            ("hair", 45, (656, 591, 78), 0.53),  # 67 px above his face centre, on his hair
+            ("man", 72, (555, 660, 99), 0.87),
+            ("hair", 72, (585, 581, 91), 0.69),
+            ("crossing", 0, (339, 779, 107), 0.91),
+            ("white-haired", 0, (315, 662, 75), 0.83),  # 117 px above: her own face, behind
+            ("other video", 45, (656, 591, 78), 0.40),  # another video's frame 45: not on the man's head
+        ]
+    )
+    faces = faces.set_column(0, "video_id", pa.array(["v"] * 6 + ["w"]))
+    assert second_boxes(faces).tolist() == [False, True, False, True, False, False, False]
+
+
+def test_second_box_gate_drops_the_hair_track_only():
+    faces = _faces_at([("man", n, (600 + n, 660, 90), 0.9) for n in range(4)])
+    faces = pa.concat_tables([faces, _faces_at([("hair", n, (615 + n, 590, 80), 0.6) for n in range(4)])])
+    faces = faces.append_column("face_px", pa.array([90.0] * 4 + [80.0] * 4, pa.float32()))
+    faces = faces.append_column("sharpness", pa.array([100.0] * 8, pa.float32()))
+    faces = faces.append_column("landmarks", pa.nulls(8, pa.list_(pa.float32(), 10)))
+    tracks = pa.table({"track_id": ["hair", "man"]})
+    gated = apply_gates(tracks, faces, GateThresholds(0.5, 40.0, 10.0, 0.0))
+    assert gated.column("drop_reason").to_pylist() == ["second_box", None]

@@ -144,3 +144,19 @@ def test_lacamoire_close_up_is_one_track_with_a_left_profile_view(stack):
 def test_cisco_two_people_are_still_two_tracks(stack):
     out = _process("cisco_two_people.mp4", stack)
     assert out.status == "ok" and out.tables["tracks"].num_rows == 2
+
+
+def test_the_assignment_keeps_every_track_it_can_where_people_pass():
+    """crowd_walk with the ArcFace pack, 1.08 s: the boy's track, predicted to keep moving right, is
+    cheapest for the face of the man beside him; lowest-cost-first matching gave it that face, pushed the
+    boy's face onto a passer-by's track and left the man's track empty. The optimal assignment continues
+    all three (real boxes, centre and size)."""
+    tracker = _tracker()
+    boy = [_box(947, 676, 74), _box(962, 683, 81), _box(1018, 698, 77)]
+    man = [_box(1105, 639, 59), _box(1116, 659, 58), _box(1124, 664, 58)]
+    passer = _box(985, 823, 116)  # the crossing woman, first seen at 0.72 s
+    for n in range(3):
+        boxes = [boy[n], man[n]] + ([passer] if n == 2 else [])
+        tracker.update(n * STEP, boxes, [0.9] * len(boxes))
+    keys = tracker.update(3 * STEP, [_box(1012, 741, 82), _box(1096, 703, 71)], [0.9, 0.9])
+    assert keys == [0, 1]
