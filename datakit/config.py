@@ -1,11 +1,20 @@
-"""Configuration of a ``datakit build`` run: plain dataclasses, loadable from a JSON or TOML file."""
+"""Configuration of a ``datakit build`` run: plain dataclasses, loadable from a JSON or TOML file.
+
+Every field is checked when a config is made (from flags, a file, a run's ``run.json`` or
+``dataclasses.replace``): its type is its annotation, a number must be finite and inside its range in
+:data:`LIMITS`. A bad value is one :class:`ConfigError` naming the field and the value, before any work.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from datakit.store import RunDir
@@ -149,19 +158,11 @@ class BuildConfig:
     # --- end consolidation ---
 
     def __post_init__(self) -> None:
-        self.src, self.out = Path(self.src), Path(self.out)
+        _validate(self)  # every field: its annotated type, finite, in its LIMITS range; raises ConfigError
         if self.models_dir is None and os.environ.get("DATAKIT_MODELS_DIR"):
             self.models_dir = Path(os.environ["DATAKIT_MODELS_DIR"])
         if self.insightface_pack is None and os.environ.get("DATAKIT_INSIGHTFACE_PACK"):
             self.insightface_pack = Path(os.environ["DATAKIT_INSIGHTFACE_PACK"])
-        if self.sample_fps <= 0:
-            raise ValueError("sample_fps must be positive")
-        if self.detect_max_side < 0:
-            raise ValueError("detect_max_side must be >= 0 (0 = detect at full frame size)")
-        if self.segment_s <= 0:
-            raise ValueError("segment_s must be positive")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError("workers must be >= 1")
 
     def to_dict(self) -> dict:
         """JSON-able form, as recorded in run.json."""
@@ -170,34 +171,211 @@ class BuildConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: object) -> BuildConfig:
-        """Load a JSON or TOML file of field values; ``overrides`` (non-None) win."""
+        """Load a JSON or TOML file of field values; ``overrides`` (non-None) win.
+
+        Raises :class:`ConfigError` naming the file when it is not a JSON/TOML table of known fields."""
         path = Path(path)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as err:
+            reason = "nested too deeply" if isinstance(err, RecursionError) else err
+            kind = "TOML" if path.suffix == ".toml" else "JSON"
+            raise ConfigError(f"{path}: not a valid {kind} file: {reason}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must hold a table of config fields (got {_shown(data)})")
         unknown = set(data) - _field_names(cls)
         if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(_field_names(cls))}")
-        return cls._from_values(data, overrides)
+            raise ConfigError(f"{path}: unknown config keys {sorted(unknown)}; known: {sorted(_field_names(cls))}")
+        try:
+            return cls._from_values(data, overrides)
+        except ConfigError as err:
+            given = err.field in data and overrides.get(err.field) is None
+            raise ConfigError(f"{path}: {err}" if given else str(err), field=err.field) from None
 
     @classmethod
     def from_run(cls, root: str | Path, **overrides: object) -> BuildConfig:
         """The config a finished or interrupted run was built with (its ``run.json``), ``overrides``
         (non-None) applied; ``out`` is the run folder. Fields unknown to this version are ignored.
 
-        Raises :class:`datakit.store.NotARunError` when ``root`` is not a run."""
-        recorded = RunDir.open(root).record().get("config", {})
+        Raises :class:`datakit.store.NotARunError` when ``root`` is not a run, ValueError naming ``run.json``
+        when its recorded config is not a valid one, :class:`ConfigError` when an override is bad."""
+        run = RunDir.open(root)
+        recorded = run.record().get("config", {})
+        where = run.root / "run.json"
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{where}: its config is not a table of fields (got {_shown(recorded)})")
         data = {k: v for k, v in recorded.items() if k in _field_names(cls)}
-        return cls._from_values(data, {**overrides, "out": Path(root), "overwrite": False})
+        try:
+            return cls._from_values(data, {**overrides, "out": Path(root), "overwrite": False})
+        except ConfigError as err:
+            if overrides.get(err.field) is not None:
+                raise
+            raise ValueError(f"{where}: recorded {err}") from None
 
     @classmethod
     def _from_values(cls, data: dict, overrides: dict) -> BuildConfig:
         """A config from JSON-like field values (``view_bins`` as a dict) with the non-None ``overrides``."""
         data = dict(data)
-        if isinstance(data.get("view_bins"), dict):
-            data["view_bins"] = ViewBins(**data["view_bins"])
         data.update({k: v for k, v in overrides.items() if v is not None})
+        for f in fields(cls):
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"config field {f.name}: missing (it has no default)", field=f.name)
         return cls(**data)
 
 
 def _field_names(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+class ConfigError(ValueError):
+    """A config field holds a value of the wrong type or outside its range: a usage error (``datakit``
+    exits 2). ``field`` names the field (``view_bins`` for its edges), None for a file that is no config."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The allowed range of a numeric field (always finite); ``low_open``: ``low`` itself is outside."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        def shown(bound: float) -> str:
+            return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+        if self.low is not None and self.high is not None:
+            return f" in [{shown(self.low)}, {shown(self.high)}]"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '>='} {shown(self.low)}"
+        return ""
+
+
+ANY, POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Limit(), Limit(0, low_open=True), Limit(0), Limit(1)
+INT_MAX = 2**31 - 1  #: the largest value of any integer field
+SHARE, COSINE, DEGREES = Limit(0, 1), Limit(-1, 1), Limit(0, 180)
+
+#: the range of every numeric field of BuildConfig (and of its view-bin edges); types come from the
+#: annotations. Detector scores are ANY: dlib's HOG margins are not probabilities. A test keeps it complete.
+LIMITS: dict[str, Limit] = {
+    **dict.fromkeys(["sample_fps", "shot_threshold", "max_clip_s", "track_max_shift", "segment_s"], POSITIVE),
+    **dict.fromkeys(["caption_timeout_s"], POSITIVE),
+    **dict.fromkeys(["det_threshold", "track_low_score", "gate_min_det_score"], ANY),
+    **dict.fromkeys(["filter_min_aesthetic", "filter_min_clip_score"], ANY),
+    **dict.fromkeys(["track_iou", "gate_min_landmark_ok", "filter_min_brightness", "filter_min_face_share"], SHARE),
+    **dict.fromkeys(["near_duplicate_ncc", "same_person_cosine", "consolidate_cosine"], COSINE),
+    **dict.fromkeys(["max_embed_yaw_deg", "view_bins.frontal_max_deg", "view_bins.profile_min_deg"], DEGREES),
+    **dict.fromkeys(["workers", "embed_per_track", "crops_per_track_view", "references_per_view"], AT_LEAST_ONE),
+    **dict.fromkeys(["crop_max_side", "caption_frames", "caption_max_pixels", "caption_max_new_tokens"], AT_LEAST_ONE),
+    **dict.fromkeys(["caption_batch_size", "caption_concurrency"], AT_LEAST_ONE),
+    "track_max_scale": Limit(1),
+    **dict.fromkeys(
+        [
+            "detect_max_side", "min_face_px", "min_shot_s", "track_max_gap_s", "min_embed_px", "crop_min_gap_s",
+            "gate_min_face_px", "gate_min_sharpness", "filter_min_duration_s", "filter_min_main_face_px",
+            "filter_min_sharpness", "filter_min_motion", "filter_max_motion", "min_sample_s",
+            "caption_retries", "caption_retry_backoff_s", "segment_min_s", "consolidate_top_k", "fragment_min_faces",
+        ],
+        NON_NEGATIVE,
+    ),
+}  # fmt: skip
+
+_WHAT = {float: "a finite number", int: "an integer", str: "a string", bool: "true or false", Path: "a path"}
+
+
+@functools.cache
+def _kinds() -> dict[str, tuple[type, bool]]:
+    """Each field's type and whether it may be None, from the annotations (``float | None`` -> (float, True))."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(BuildConfig).items():
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds[name] = (next(a for a in args if a is not type(None)), type(None) in args)
+    return kinds
+
+
+def _validate(cfg: BuildConfig) -> None:
+    """Check and normalise every field in place (ints to float fields, strings to paths)."""
+    for name, (kind, optional) in _kinds().items():
+        value = getattr(cfg, name)
+        if kind is ViewBins:
+            setattr(cfg, name, _view_bins(value))
+        else:
+            setattr(cfg, name, _checked(name, value, kind, optional))
+
+
+def _checked(name: str, value: object, kind: type, optional: bool) -> object:
+    """``value`` as a ``kind`` (or None when ``optional``); raises :class:`ConfigError` naming ``name``."""
+    if value is None and optional:
+        return None
+    if kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool):
+        number, limit = _as_number(value, kind), LIMITS[name]
+        if kind is int:  # counts and pixel sizes: a C int, so that Ray, OpenCV and Arrow take them
+            limit = Limit(limit.low, INT_MAX if limit.high is None else min(limit.high, INT_MAX), limit.low_open)
+        if number is not None and number in limit:
+            return number
+        too_large = number is not None and kind is int and abs(number) > INT_MAX
+        what = f"{_WHAT[kind]}{limit if too_large else LIMITS[name]}"
+    elif kind is Path and isinstance(value, str | os.PathLike) and str(value):
+        return Path(value)
+    elif kind in (str, bool) and isinstance(value, kind):
+        return value
+    else:
+        what = _WHAT[kind] + (str(LIMITS[name]) if kind in (int, float) else "")  # not a number at all
+    null = " or null" if optional else ""
+    raise ConfigError(f"config field {name}: must be {what}{null} (got {_shown(value)})", field=name.split(".")[0])
+
+
+def _as_number(value: int | float, kind: type) -> int | float | None:
+    """``value`` as a finite ``kind`` (an integral float is an int: JSON writes 4.0), None when it is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else int(value) if value.is_integer() else None
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def _view_bins(value: object) -> ViewBins:
+    """The view-bin edges of a ``ViewBins`` or a table of its fields, each in [0, 180] deg, strictly increasing."""
+    names = [f.name for f in fields(ViewBins)]
+    if isinstance(value, ViewBins):
+        value = {name: getattr(value, name) for name in names}
+    if not isinstance(value, dict):
+        got = _shown(value)
+        raise ConfigError(
+            f"config field view_bins: must be a table of {', '.join(names)} (got {got})", field="view_bins"
+        )
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ConfigError(f"config field view_bins: unknown keys {unknown}; known: {names}", field="view_bins")
+    edges = {**{name: getattr(ViewBins(), name) for name in names}, **value}
+    edges = {name: _checked(f"view_bins.{name}", edge, float, False) for name, edge in edges.items()}
+    if not edges["frontal_max_deg"] < edges["profile_min_deg"]:
+        raise ConfigError(
+            "config field view_bins: edges must increase: frontal_max_deg < profile_min_deg "
+            f"(got {edges['frontal_max_deg']:g} and {edges['profile_min_deg']:g})",
+            field="view_bins",
+        )
+    return ViewBins(**edges)
+
+
+def _shown(value: object) -> str:
+    """A bad value as the error shows it: ``null``, ``nan``, ``'ten'``; a table or list by its kind only."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, dict | list | tuple):
+        return "a table" if isinstance(value, dict) else "a list"
+    text = repr(value) if isinstance(value, str | int | float) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."

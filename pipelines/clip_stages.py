@@ -135,16 +135,18 @@ def caption_run(root: str | Path, *, progress: bool = False, **overrides: object
     The settings are the run's own (run.json) with ``overrides`` (non-None) applied. The face models and
     the open_clip scorer do not run: the identity tables and stored scores are the run's.
     """
-    run = RunDir.open(root)
-    cfg = BuildConfig.from_run(root, **overrides)
-    validate(cfg)
-    if cfg.captioner == "none":
-        raise CaptionerConfigError(NOT_CONFIGURED_HINT)
-    if not (run.root / "clips").is_dir():
-        raise FileNotFoundError(f"{run.root}: no clips table yet; run `datakit build` on it first")
-    run.clean_temporaries()
-    summary = run_stages(run, cfg, score=False, progress=progress).captions
-    run.update_record(captions={**summary.to_dict(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    run = RunDir.open(root, verify=False)
+    with run.lock("caption"):
+        run.clean_temporaries()  # a .datakit-old-<table> of a killed swap is put back before the check
+        run.verify()
+        cfg = BuildConfig.from_run(root, **overrides)
+        validate(cfg)
+        if cfg.captioner == "none":
+            raise CaptionerConfigError(NOT_CONFIGURED_HINT)
+        if not (run.root / "clips").is_dir():
+            raise FileNotFoundError(f"{run.root}: no clips table yet; run `datakit build` on it first")
+        summary = run_stages(run, cfg, score=False, progress=progress).captions
+        run.update_record(captions={**summary.to_dict(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return summary
 
 
@@ -155,7 +157,14 @@ def refilter(run_dir: str | Path, config: str | Path | None = None, overrides: d
     and then ``overrides`` change it. Only filter fields may change (others need ``datakit build``). The
     new values are written back into ``run.json`` so that a later resumed build agrees with the run.
     """
-    run = RunDir.open(run_dir)
+    run = RunDir.open(run_dir, verify=False)
+    with run.lock("filter"):
+        run.clean_temporaries()  # a .datakit-old-<table> of a killed swap is put back before the check
+        run.verify()
+        return _refilter(run, config, overrides)
+
+
+def _refilter(run: RunDir, config: str | Path | None, overrides: dict | None) -> FilterSummary:
     record = run.record()
     if record.get("state") != "finished":
         raise ValueError(f"{run.root}: the build is not finished (state {record.get('state')!r}); resume it first")

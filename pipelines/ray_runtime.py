@@ -3,17 +3,20 @@
 A local run never joins a cluster that ``ray start`` left in ``/tmp/ray``; ``--address`` / ``RAY_ADDRESS``
 is probed first so that a wrong address or a missing auth token is one line, not minutes of retries.
 Ray's native log lines that say nothing a user can act on are kept off the terminal (:class:`_StderrFilter`).
+No process of a local Ray outlives its driver, ``kill -9`` included (:mod:`pipelines.ray_orphans`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import ray
 
 from datakit.config import BuildConfig
+from pipelines import ray_orphans
 
 
 class ClusterConnectionError(RuntimeError):
@@ -54,6 +57,26 @@ def init_ray(cfg: BuildConfig) -> None:
                 f"cannot connect to the Ray cluster at {address}: {first}; {_ADDRESS_HINT}"
             ) from err
     else:
+        _start_local(cfg)
+    _StderrFilter.install()
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is one bar over videos
+    ctx.print_on_execution_start = False
+
+
+def _start_local(cfg: BuildConfig) -> None:
+    """Start this run's own local Ray, every process of it tied to this driver (pipelines.ray_orphans):
+    processes of earlier runs whose driver was killed are ended first, and a watchdog ends this run's
+    when this process dies, ``kill -9`` included."""
+    global _watchdog
+    ray_orphans.kill_orphaned_sessions()
+    if _watchdog is not None:
+        _watchdog.release()  # an earlier session of this process, shut down since: sweep what is left of it
+    token = ray_orphans.new_token()
+    watchdog = ray_orphans.Watchdog(token)  # before ray.init: a kill while Ray starts is covered too
+    os.environ[ray_orphans.TOKEN_VAR] = token  # inherited by the head's processes, and by theirs
+    try:
         ray.init(
             address="local",  # never the cluster named in /tmp/ray/ray_current_cluster
             num_cpus=cfg.workers or os.cpu_count(),
@@ -61,11 +84,36 @@ def init_ray(cfg: BuildConfig) -> None:
             logging_level=logging.ERROR,
             log_to_driver=False,
         )
-    _StderrFilter.install()
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is one bar over videos
-    ctx.print_on_execution_start = False
+    except BaseException:
+        watchdog.release()  # whatever started is ended
+        raise
+    finally:
+        os.environ.pop(ray_orphans.TOKEN_VAR, None)  # later children of this process are not Ray's
+    _watchdog = watchdog
+
+
+#: the watchdog of this process's local Ray session (pipelines.ray_orphans), None before the first
+_watchdog: ray_orphans.Watchdog | None = None
+
+
+#: the last "<SomeError>: [Errno N] ..." line of a remote traceback (Python's and pyarrow's spellings)
+_REMOTE_OS_ERROR = re.compile(r"^(\w+Error): .*?\[errno (\d+)\][^\n]*?(?:: '([^'\n]+)')?$", re.I | re.M)
+
+
+def os_error_of(err: BaseException) -> OSError | None:
+    """The OS error (a full disk, a read-only or vanished folder) that made a Ray task fail, or None.
+
+    Ray hands the driver a ``RayTaskError`` whose cause is Ray Data's ``UserCodeException``: the worker's
+    ``OSError`` survives only as text in the remote traceback, so it is rebuilt from its last
+    ``[Errno N]`` line (with the path when the line names one)."""
+    if not isinstance(err, ray.exceptions.RayError):
+        return None
+    text = getattr(err, "traceback_str", None) or str(err)
+    found = list(_REMOTE_OS_ERROR.finditer(text))
+    if not found:
+        return None
+    errno = int(found[-1].group(2))
+    return OSError(errno, os.strerror(errno), *([found[-1].group(3)] if found[-1].group(3) else []))
 
 
 def _check_cluster(address: str) -> None:

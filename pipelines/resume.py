@@ -9,13 +9,15 @@ that change what the per-video stage writes: mixing two configurations in one da
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 from datakit import schema
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
-from datakit.store import RunDir
+from datakit.store import PER_VIDEO_TABLES, RunDir
 
-__all__ = ["GLOBAL_ONLY", "RunConflictError", "check_resume"]
+__all__ = ["GLOBAL_ONLY", "RunConflictError", "check_resume", "reconcile_source", "run_video_ids"]
 
 
 class RunConflictError(RuntimeError):
@@ -53,14 +55,22 @@ GLOBAL_ONLY = frozenset(
 _BEFORE_FIELD = {"detect_max_side": 0}
 
 
-def check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack) -> None:
-    """Start over on ``overwrite``; refuse to resume a run whose output settings were different."""
+def check_resume(cfg: BuildConfig, run: RunDir, stack: FaceStack, *, reconcile_src: bool = False) -> None:
+    """Start over on ``overwrite``; refuse to resume a run whose output settings or source were different
+    (another source is accepted with ``reconcile_src``: the build then calls :func:`reconcile_source`)."""
     if cfg.overwrite:
         run.clear()
         return
     if not run.has_record():
         return
     old = run.record()
+    old_src = recorded_source(old)
+    if old_src is not None and old_src != Path(cfg.src).resolve() and not reconcile_src:
+        raise RunConflictError(
+            f"{run.root} was built from --src {old_src}, this build reads {Path(cfg.src).resolve()}: pass"
+            " --reconcile-src to remove from the run the videos not in the new source, --overwrite to start"
+            " over, or choose another --out"
+        )
     old_version = old.get("pipeline_version")
     if old_version and old_version != schema.PIPELINE_VERSION:
         raise RunConflictError(
@@ -86,3 +96,38 @@ def _changed_settings(old_cfg: dict, cfg: BuildConfig) -> list[str]:
     free = _EXECUTION_ONLY | GLOBAL_ONLY
     new_cfg = {k: v for k, v in cfg.to_dict().items() if k not in free}
     return sorted(k for k, v in new_cfg.items() if old_cfg.get(k, _BEFORE_FIELD.get(k, v)) != v)
+
+
+def recorded_source(record: dict) -> Path | None:
+    """The source folder a run was built from, resolved (run.json ``src_resolved``, else its config's ``src``)."""
+    src = record.get("src_resolved") or (record.get("config") or {}).get("src")
+    return Path(src).resolve() if isinstance(src, str) and src else None
+
+
+def run_video_ids(run: RunDir) -> set[str]:
+    """Ids of every video the run holds: a ``videos`` row, a marker (of the video or a segment) or a plan."""
+    ids: set[str] = set()
+    for name in ("videos", "_done", "_plan"):
+        folder = run.root / name
+        if folder.is_dir():
+            ids.update(p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".parquet", ".json"))
+    return {i for i in ids if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", i)}  # ids, never glob patterns
+
+
+def reconcile_source(run: RunDir, keep: set[str]) -> list[str]:
+    """Remove from the run every video whose id is not in ``keep`` (the new source's videos and rows):
+    its per-video and stage files, markers, plan and attempt counts. Returns the removed ids, sorted. The
+    global tables are rebuilt by the build's passes afterwards."""
+    gone = sorted(run_video_ids(run) - keep)
+    stage = run.root / "_stage"
+    folders = [run.root / n for n in ("_done", *PER_VIDEO_TABLES, "_plan", "_attempts")]  # markers first
+    folders += [p for p in stage.iterdir() if p.is_dir()] if stage.is_dir() else []
+    for video_id in gone:
+        for folder in folders:
+            for p in (folder / f"{video_id}.parquet", folder / f"{video_id}.json", folder / f"{video_id}.pts.npy"):
+                p.unlink(missing_ok=True)
+            for p in folder.glob(f"{video_id}.s[0-9]*"):  # a long video's segments
+                p.unlink(missing_ok=True)
+        for p in (run.root / "errors").glob(f"*-{video_id}_c*.parquet"):  # its clips' caption / score errors
+            p.unlink(missing_ok=True)
+    return gone

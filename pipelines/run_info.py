@@ -66,6 +66,10 @@ class BuildSummary:
     num_samples_other_context: int = 0
     #: contexts found in several videos: footage duplicated across files (re-uploads, copies)
     num_shared_contexts: int = 0
+    #: videos redone because a file their marker records was missing or torn: {"videos": n, "example": why}
+    redone: dict = field(default_factory=dict)
+    #: videos removed from the run by ``reconcile_src`` (no longer in the source)
+    num_removed_videos: int = 0
 
     @classmethod
     def from_run(
@@ -79,6 +83,8 @@ class BuildSummary:
         stage_seconds: dict,
         captions: CaptionSummary | None = None,
         workers: dict | None = None,
+        redone: dict | None = None,
+        removed: int = 0,
     ) -> BuildSummary:
         dim = stack.embedder.dim
         videos = run.read("videos", schema.VIDEOS)
@@ -118,6 +124,8 @@ class BuildSummary:
             workers=dict(sorted((workers or {}).items())),
             num_samples_other_context=num_other_context(samples),
             num_shared_contexts=_shared_contexts(clips),
+            redone=redone or {},
+            num_removed_videos=removed,
         )
 
     def format(self) -> str:
@@ -137,6 +145,7 @@ class BuildSummary:
             *[f"               note: {n}" for n in self.stack_notes],
             f"  videos     : {sum(self.videos.values())} ({status})"
             + (f"; {self.resumed_videos} already done" if self.resumed_videos else ""),
+            *self._resume_lines(),
             f"  clips {self.num_clips}"
             + _dropped(self.clips_dropped, "filters")
             + f", faces {self.num_faces}, tracks {self.num_tracks}"
@@ -162,6 +171,16 @@ class BuildSummary:
         if busiest:  # worker seconds summed over videos: where the time went
             lines.append("  time       : " + ", ".join(f"{k} {v:.1f} s" for k, v in busiest))
         return "\n".join(lines)
+
+    def _resume_lines(self) -> list[str]:
+        """What a resume changed besides continuing: videos redone (torn files), videos removed (--reconcile-src)."""
+        lines = []
+        if self.redone:
+            why = self.redone.get("example", "")
+            lines.append(f"  redone     : {self.redone.get('videos', 0)} videos redone: files missing or torn ({why})")
+        if self.num_removed_videos:
+            lines.append(f"  removed    : {self.num_removed_videos} videos removed from the run: no longer in --src")
+        return lines
 
     def _captions(self) -> str:
         c = self.captions or {"captioner": "none"}
@@ -222,6 +241,7 @@ def run_record(
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "config": cfg.to_dict(),
+        "src_resolved": str(cfg.src.resolve()),  # what a resume compares its --src with (pipelines.resume)
         "face_stack": stack.describe(),
         "versions": _versions(),
         "summary": summary.to_dict() if summary else None,

@@ -2,12 +2,15 @@
 
 One convention for every command: its parser is registered with its runner (``set_defaults(func=...)``,
 :func:`datakit.cli.flags.add_command`); the runner prints results and returns the exit status, and lets
-user errors (a bad path, setting or run folder) propagate to :func:`main`, which prints them as one line
-``datakit <command>: error: <message>`` and exits 1. A bad command line is argparse's usage error, exit 2.
+user errors (a bad path or run folder, an OS error such as a read-only or full disk, naming its path)
+propagate to :func:`main`, which prints them as one line ``datakit <command>: error: <message>`` and exits 1.
+A bad command line (argparse) or a bad setting (:class:`datakit.config.ConfigError`, from a flag, a
+``--config`` file or ``--set``) is a usage error: one line naming the field and its value, exit 2.
 
 Exit status of ``datakit build``: 0 when the run finished (bad input files do not fail a run: each is
 a row in ``errors`` and a status in ``videos``); 1 when the run could not finish (missing source folder
-or model, conflicting earlier run, unreachable cluster, interrupted); 2 for a bad command line.
+or model, conflicting earlier run, unreachable cluster, unwritable --out, interrupted); 2 for a bad
+command line or setting.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from datakit.cli.flags import (
     config_overrides,
 )
 from datakit.cli.tools import add_commands as add_tool_commands
-from datakit.config import BuildConfig
+from datakit.config import BuildConfig, ConfigError
 
 __all__ = ["main", "make_parser"]
 
@@ -87,6 +90,12 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
         default=None,  # None, not False: an `overwrite` in --config stays unless the flag is given
         help="delete an earlier run in OUT and start over (default: resume it)",
     )
+    p.add_argument(
+        "--reconcile-src",
+        action="store_true",
+        help="resume a run made from another --src: removes the videos no longer present in the new source"
+        " from the run and says how many (default: another --src is refused)",
+    )
     add_caption_flags(p)
     add_quiet(p)
 
@@ -99,7 +108,7 @@ def _run_build(args: argparse.Namespace) -> int:
         cfg = BuildConfig.from_file(args.config, **flags)
     else:
         cfg = BuildConfig(**{k: v for k, v in flags.items() if v is not None})
-    print(build(cfg, progress=not args.quiet).format())
+    print(build(cfg, progress=not args.quiet, reconcile_src=args.reconcile_src).format())
     return 0
 
 
@@ -328,6 +337,29 @@ def main(argv: list[str] | None = None) -> int:
         again = "; run the same command again to resume" if args.resumable else ""
         print(f"{args.prog}: interrupted{again}", file=sys.stderr)
         return 1
-    except _user_errors(args) as exc:  # evaluated only when something was raised
+    except ConfigError as exc:  # a bad setting (flag, --config file, --set): a usage error, before any work
         print(f"{args.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except _user_errors(args) as exc:  # evaluated only when something was raised
+        print(f"{args.prog}: error: {_message(exc, args)}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        runtime = sys.modules.get("pipelines.ray_runtime")  # loaded when the command ran on Ray
+        os_error = runtime.os_error_of(exc) if runtime else None
+        if os_error is None:
+            raise  # a bug: its traceback is the report
+        print(f"{args.prog}: error: a Ray worker failed: {_message(os_error, args)}", file=sys.stderr)
+        return 1
+
+
+def _message(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for a user error. An OS error (read-only or full disk, no permission, a file where a folder
+    should be) names its path; when the OS gave none (a full disk while writing), the command's run folder."""
+    if not isinstance(exc, OSError) or exc.errno is None or not exc.strerror:
+        return str(exc)  # our own errors (NotARunError, ...) are sentences that name their path
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if paths:
+        return f"{exc.strerror}: {' -> '.join(paths)}"
+    run = getattr(args, "out", None) or getattr(args, "manifests", None)
+    run = run[0] if isinstance(run, list) else run
+    return f"{exc.strerror} (run folder {run})" if run else exc.strerror

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from datakit import schema
 from datakit.clips.frames import frames_for_items
 from datakit.config import BuildConfig
+from datakit.paths import UnsafePathError, inside_root
 from datakit.store import RunDir, write_atomic
 
 #: the clip columns every work item carries (where the clip lies in its video)
@@ -141,9 +142,11 @@ class ClipStage:
                 already += 1
                 continue
             video = videos.get(clip["video_id"], {})
-            items.append(
-                {**clip, "video_path": str(src / video.get("path", "")), "fps": float(video.get("fps") or 25.0)}
-            )
+            try:  # a crafted run's path must not reach outside --src (datakit.paths)
+                path, path_error = str(inside_root(src, video.get("path", ""))), ""
+            except UnsafePathError as exc:
+                path, path_error = "", str(exc)
+            items.append({**clip, "video_path": path, "path_error": path_error, "fps": float(video.get("fps") or 25.0)})
         items.sort(key=lambda r: (r["video_path"], r["start_frame"]))
         return items, already
 
@@ -193,7 +196,9 @@ class ClipStage:
         return out
 
     def _error_path(self, clip_id: str) -> Path:
-        return self.run.root / "errors" / f"{self.error_stage}-{clip_id}.parquet"
+        """The error file of a clip, named by a hash of its id (a manifest string never names a file)."""
+        digest = hashlib.sha1(clip_id.encode()).hexdigest()[:16]
+        return self.run.root / "errors" / f"{self.error_stage}-{digest}.parquet"
 
     def _write_error(self, clip_id: str, video_id: str | None, exc: BaseException) -> None:
         row = {

@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.config import ConfigError
+
 #: (drop_reason, BuildConfig field, column, kind) in the order they are checked; kind "min" = the value
 #: must reach the threshold, "max" = it must not exceed it. ``duration_s`` is end_s - start_s.
 FILTERS: tuple[tuple[str, str, str, str], ...] = (
@@ -134,7 +136,7 @@ def parse_threshold(name: str, value: object) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: a number or none") from None
+        raise ConfigError(f"config field {name}: must be a number or none (got {value!r})", field=name) from None
 
 
 def read_filter_config(path: str | Path) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datakit.paths import UnsafePathError
 from datakit.video.decode import DecodeStats, VideoError, iter_frames
 
 
@@ -90,9 +91,12 @@ def frames_for_items(items: list[dict], count: int, max_pixels: int) -> dict[str
     ``clip_id``, ``video_path``, ``fps``, ``start_frame``, ``end_frame``, ``start_s``, ``end_s``: each video
     is decoded once for all its clips in the batch; a decoder crash on one file fails its clips only."""
     by_video: dict[str, list[dict]] = {}
-    for item in items:
-        by_video.setdefault(str(item["video_path"]), []).append(item)
     decoded: dict[str, list[Image.Image] | BaseException] = {}
+    for item in items:
+        if item.get("path_error"):  # an unsafe manifest path (datakit.paths): this clip fails, the rest run
+            decoded[str(item["clip_id"])] = UnsafePathError(str(item["path_error"]))
+        else:
+            by_video.setdefault(str(item["video_path"]), []).append(item)
     for path, group in by_video.items():
         spans = [
             ClipSpan(str(g["clip_id"]), int(g["start_frame"]), int(g["end_frame"]), g["start_s"], g["end_s"])

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from datakit.store import staging_folder, swap_folder
 
 __all__ = ["EXACT_MAX", "INDEX_FORMAT", "VectorIndex", "build_vector_index", "load_or_build", "recall_at_k"]
 
@@ -188,20 +188,15 @@ def load_or_build(
     parent = folder.parent
     writable = persist and os.access(parent, os.W_OK)
     if writable:
-        tmp = parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = staging_folder(folder)  # datakit's temporary name: a killed query leaves what a build may clean
     else:
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix="datakit-index-"))
-    tmp.mkdir(parents=True, exist_ok=True)
     index = build(tmp)
     index.meta["key"] = key
     index.save(tmp)
     if not writable:
         return index, tmp, True
-    old = parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.old"
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_folder(tmp, folder)
     return index, folder, True

@@ -4,7 +4,13 @@ Output folder::
 
     index.html               summary counts, yaw histogram, drop reasons, errors, identities page 1
     identities-0002.html ... further pages of ``page_size`` identities (so thousands of identities open)
-    crops/<identity>_<view>.jpg   the best (rank 0) reference crop per identity and view bin, as a thumbnail
+    crops/NNNNN.jpg          the best (rank 0) reference crop per identity and view bin, as a thumbnail
+
+Files are named by the report itself (a counter), never from manifest strings: a crafted run with an
+``identity_id`` of ``../../x`` cannot make the report write outside ``out``. Every string shown is
+HTML-escaped, and bidirectional-text controls (U+202E and kin, which reorder what a reader sees) are shown
+as visible escapes such as ``\\u202e``. The errors table shows source paths relative to the run's source
+root, as the manifests record them.
 
 Self-contained: inline CSS and SVG, images as relative files with ``loading="lazy"``, no script, no
 font, no URL of any kind, so it opens offline and makes no request. Identities are ordered by number of
@@ -15,9 +21,10 @@ ranges and captions. Tables are read with pyarrow: crops in batches straight to 
 
 from __future__ import annotations
 
+import contextlib
 import html
-import io
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +35,7 @@ import pyarrow.compute as pc
 
 from datakit.schema import VIEWS
 from datakit.store import RunDir
+from datakit.tools.photos import PhotoTooLargeError, open_image
 
 __all__ = ["ReportResult", "build_report"]
 
@@ -60,8 +68,19 @@ class ReportResult:
     num_crops: int
 
 
+#: Bidirectional-text controls: embeddings, overrides, isolates, marks. One in a file name (U+202E) makes
+#: ``evil\u202egpj.exe`` read as ``evilexe.jpg``; they are shown as visible escapes instead.
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+
+
+def _visible(text: str) -> str:
+    """``text`` with every bidi control replaced by its escape (``\\u202e``)."""
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """A value as HTML text: bidi controls made visible, then escaped (quotes too, so also safe in attributes)."""
+    return html.escape(_visible("" if value is None else str(value)), quote=True)
 
 
 def _counts(column: pa.ChunkedArray | None) -> list[tuple[str, int]]:
@@ -75,8 +94,6 @@ def _counts(column: pa.ChunkedArray | None) -> list[tuple[str, int]]:
 
 def _write_thumbs(run: RunDir, out: Path) -> dict[tuple[str, str], dict]:
     """The rank-0 reference crop of every (identity, view), written as a thumbnail; returns its cell data."""
-    from PIL import Image
-
     cells: dict[tuple[str, str], dict] = {}
     dset = run.dataset("reference_views")
     if dset is None:
@@ -88,15 +105,15 @@ def _write_thumbs(run: RunDir, out: Path) -> dict[tuple[str, str], dict]:
     ]
     for batch in dset.to_batches(columns=cols, filter=pc.field("rank") == 0, batch_size=256):
         for row in batch.to_pylist():
-            name = f"{row['identity_id']}_{row['view']}.jpg"
+            name = f"{len(cells):05d}.jpg"  # named here, never from manifest strings (they could hold "../")
             try:
-                with Image.open(io.BytesIO(row["crop"])) as img:
+                with open_image(row["crop"] or b"", f"crop of {row['identity_id']!r} {row['view']!r}") as img:
                     img = img.convert("RGB")
                     img.thumbnail((THUMB_SIDE, THUMB_SIDE))
                     img.save(crops / name, "JPEG", quality=85)
                     size = img.size
-            except OSError:
-                continue  # an unreadable crop leaves its cell empty
+            except (OSError, PhotoTooLargeError):
+                continue  # an unreadable (or absurdly large) crop leaves its cell empty
             cells[(row["identity_id"], row["view"])] = {
                 "src": f"crops/{name}",
                 "size": size,
@@ -176,8 +193,8 @@ def _identity_row(ident: dict, cells: dict, clips: list[dict], max_clips: int) -
     iid = ident["identity_id"]
     views = ident.get("views") or []
     head = (
-        f"<td><div class='ident'>{_e(iid)}</div><div class='muted'>{ident['num_clips']} clips, "
-        f"{ident['num_videos']} videos<br>{ident['num_tracks']} tracks, {ident.get('num_faces', 0)} faces"
+        f"<td><div class='ident'>{_e(iid)}</div><div class='muted'>{_e(ident['num_clips'])} clips, "
+        f"{_e(ident['num_videos'])} videos<br>{_e(ident['num_tracks'])} tracks, {_e(ident.get('num_faces', 0))} faces"
         f"<br>views: {_e(', '.join(views) or '-')}</div></td>"
     )
     tds = []
@@ -275,13 +292,39 @@ def _summary_counts(run: RunDir, record: dict, tables: dict[str, pa.Table | None
     ]
 
 
-def _errors_html(errors: pa.Table | None) -> str:
+def _source_prefixes(record: dict) -> list[str]:
+    """The run's source root as a build may have written it into messages (as typed, absolute, resolved),
+    each ending in a separator, longest first."""
+    src = (record.get("config") or {}).get("src")
+    if not isinstance(src, str) or not src:
+        return []
+    forms = {src, str(Path(src).absolute())}
+    with contextlib.suppress(OSError, RuntimeError):  # a link loop: the other two forms still apply
+        forms.add(str(Path(src).resolve()))
+    return sorted({f.rstrip(os.sep) + os.sep for f in forms if f.rstrip(os.sep)}, key=len, reverse=True)
+
+
+def _relative_to_source(text, prefixes: list[str]):
+    """``text`` with the source root's prefix removed where a path starts (``'/data/in/a.mp4'`` -> ``'a.mp4'``,
+    but not inside ``/other/data/in/``): the report shows paths as the manifests record them."""
+    if not isinstance(text, str) or not prefixes:
+        return text
+    starts = "|".join(re.escape(p) for p in prefixes)  # longest first
+    return re.sub(rf"(?<![\w.~/-])(?:{starts})", "", text)
+
+
+def _errors_html(errors: pa.Table | None, record: dict) -> str:
     """The errors table (its first ``MAX_ERRORS`` rows), or a line saying there are none."""
     if errors is None or not errors.num_rows:
         return '<p class="muted">no errors</p>'
+    prefixes = _source_prefixes(record)
+
+    def rel(value):
+        return _e(_relative_to_source(value, prefixes))
+
     rows = "".join(
-        f"<tr><td>{_e(r['stage'])}</td><td>{_e(r['item'])}</td><td>{_e(r['error_type'])}</td>"
-        f"<td>{_e(r['message'])}</td></tr>"
+        f"<tr><td>{_e(r['stage'])}</td><td>{rel(r['item'])}</td><td>{_e(r['error_type'])}</td>"
+        f"<td>{rel(r['message'])}</td></tr>"
         for r in errors.slice(0, MAX_ERRORS).to_pylist()
     )
     if errors.num_rows > MAX_ERRORS:
@@ -313,7 +356,7 @@ def _summary_html(run: RunDir, record: dict, *, num_identities: int) -> str:
         f"<div><h2>Face yaw (all detected faces)</h2>{svg}</div>"
         f"<div><h2>Track drop reasons</h2>{track_drops}</div>"
         f"<div><h2>Clip drop reasons</h2>{clip_drops}</div>"
-        f"</div><h2>Errors</h2>{_errors_html(tables['errors'])}"
+        f"</div><h2>Errors</h2>{_errors_html(tables['errors'], record)}"
     )
 
 

@@ -2,15 +2,19 @@
 
 A file is a candidate when its first bytes are those of a video container or elementary stream, or
 when its name says video (so that a broken file named ``.mp4`` is reported, not silently skipped).
-Still images are recognised and reported as such even under a video name.
+Still images are recognised and reported as such even under a video name. A file that is not a regular
+file (a FIFO, socket or device, or a symbolic link to one) is never opened, since reading a FIFO blocks
+until someone writes to it: it is reported as ``unreadable`` ("not a regular file (fifo)"), whatever its name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 VIDEO_SUFFIXES = frozenset(
     [
@@ -53,7 +57,7 @@ class SourceFile:
     video_id: str
     size_bytes: int
     kind: str  # "video", "image:<fmt>", "unknown", "empty", "unreadable"
-    problem: str = ""  # for "unreadable": why (the OS error)
+    problem: str = ""  # for "unreadable": why ("<error type>: <reason>", e.g. the OS error)
 
 
 def sniff(head: bytes) -> str:
@@ -89,15 +93,54 @@ def content_id(path: Path, size: int) -> str:
     Sampling keeps hashing O(1) in file size; size plus 16 MiB of compressed video collide only for
     files that are, in practice, the same video.
     """
+    with _open_regular(path) as f:
+        return _hash_open(f, size)
+
+
+def _hash_open(f: BinaryIO, size: int) -> str:
+    """:func:`content_id` of a file open for reading, whatever its position."""
+    f.seek(0)
     h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
+    h.update(f.read(_HASH_CHUNK))
+    if size > 2 * _HASH_CHUNK:
+        f.seek(size - _HASH_CHUNK)
         h.update(f.read(_HASH_CHUNK))
-        if size > 2 * _HASH_CHUNK:
-            f.seek(size - _HASH_CHUNK)
-            h.update(f.read(_HASH_CHUNK))
-        elif size > _HASH_CHUNK:
-            h.update(f.read())
+    elif size > _HASH_CHUNK:
+        h.update(f.read())
     return "v_" + h.hexdigest()[:16]
+
+
+class NotARegularFileError(OSError):
+    """A FIFO, socket or device where a file was expected: never read (a FIFO would block)."""
+
+
+def _special_kind(mode: int) -> str:
+    """What a non-regular file is, from its ``st_mode``, as the error row says it."""
+    kinds = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"))
+    kinds += ((stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _check_regular(mode: int, path: Path) -> None:
+    if not stat.S_ISREG(mode):
+        link = "symbolic link to a " if path.is_symlink() else ""
+        raise NotARegularFileError(f"not a regular file ({link}{_special_kind(mode)})")
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file (symbolic links followed) for reading; :class:`NotARegularFileError` otherwise.
+
+    Checked by ``stat`` before opening (opening a device can have effects) and again on the open file, which
+    was opened non-blocking so that a file swapped for a FIFO in between cannot hang us either."""
+    _check_regular(os.stat(path).st_mode, path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        _check_regular(os.fstat(fd).st_mode, path)
+        os.set_blocking(fd, True)  # a regular file after all: plain reads
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def path_id(rel_path: str) -> str:
@@ -120,12 +163,14 @@ def discover(src: Path) -> list[SourceFile]:
             rel = path.relative_to(src).as_posix()
             named_video = path.suffix.lower() in VIDEO_SUFFIXES
             try:
-                size = path.stat().st_size
-                with open(path, "rb") as f:
+                with _open_regular(path) as f:
+                    size = os.fstat(f.fileno()).st_size
                     kind = sniff(f.read(512)) if size else "empty"
-                if kind != "video" and not named_video:
-                    continue
-                found.append(SourceFile(path, rel, content_id(path, size), size, kind))
+                    if kind != "video" and not named_video:
+                        continue
+                    found.append(SourceFile(path, rel, _hash_open(f, size), size, kind))
+            except NotARegularFileError as exc:  # reported whatever its name: it may well be a video's pipe
+                found.append(SourceFile(path, rel, path_id(rel), -1, "unreadable", f"NotARegularFile: {exc}"))
             except OSError as exc:
                 if named_video:
                     why = "broken symbolic link" if path.is_symlink() and not path.exists() else exc.strerror

@@ -68,14 +68,16 @@ class Plan:
 
     def save(self, path: Path) -> None:
         """The pts map as ``<video_id>.pts.npy`` (written first), the rest as small JSON (the commit point)."""
-        from datakit.store import write_json_atomic
+        from datakit.store import temp_path, write_json_atomic
 
         data = asdict(self)
         pts = data.pop("pts")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.pts.tmp.npy")
-        np.save(tmp, np.asarray(pts, dtype=np.int64))
-        os.replace(tmp, path.with_suffix(".pts.npy"))
+        final = path.with_suffix(".pts.npy")
+        tmp = temp_path(final)  # a datakit temporary: the only kind cleanup removes
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+            np.save(f, np.asarray(pts, dtype=np.int64))
+        os.replace(tmp, final)
         write_json_atomic(data, path)
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,28 @@ def api_default(owner: Any, name: str) -> Any:
     return default
 
 
+def positive_int(text: str) -> int:
+    """argparse type of a count: an integer >= 1 (anything else is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 (got {value})")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a real setting: a finite number (``nan``, ``inf`` are usage errors, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
+    return value
+
+
 def add_encoder_flags(p: argparse.ArgumentParser) -> None:
     """The encoder folders (VAE, umT5 + tokenizer, MFI ViT) and how they are read; see `encoder_paths`."""
     text_len, vit_layers = (api_default(Encoders.load, name) for name in ("text_len", "vit_layers"))
@@ -44,7 +67,7 @@ def add_encoder_flags(p: argparse.ArgumentParser) -> None:
         "--vit-layers", type=int, nargs="+", default=list(vit_layers),
         help=f"ViT depths MFI injects (default {' '.join(map(str, vit_layers))})",
     )  # fmt: skip
-    g.add_argument("--text-len", type=int, default=text_len, help="text tokens (default %(default)s, as Wan)")
+    g.add_argument("--text-len", type=positive_int, default=text_len, help="text tokens (default %(default)s, as Wan)")
 
 
 def encoder_paths(args: argparse.Namespace) -> EncoderPaths:

@@ -7,6 +7,11 @@ one endless, deterministic, resumable stream of whole batches per rank (ranks sh
 epoch; data-loader workers take turns on its batches). A sample that cannot be read at load time is
 skipped and reported in its batch's ``skipped``; :class:`SampleReader` loads one sample (for the cache).
 
+A sample's ``video_path`` is manifest content: it must be a relative path that stays inside the run's video
+root (:func:`datakit.paths.inside_root`). One that does not (absolute, ``..``, a link out of the root) is
+left out as ``unsafe_video_path``, with a message naming the sample and the path in ``SampleIndex.problems``;
+nothing outside the root is opened or even looked at.
+
     index = SampleIndex.open([Path("runs/a")], DataConfig(views=("frontal",)))
     loader = DataLoader(TrainDataset(index, rank, world_size), batch_size=None, num_workers=4)
 """
@@ -25,7 +30,8 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from datakit.store import NotARunError, RunDir
+from datakit.paths import UnsafePathError, inside_root
+from datakit.store import IncompleteRunError, NotARunError, RunDir
 from harmoview.data.buckets import Bucket, DataConfig, choose_bucket, frame_stride, window
 from harmoview.data.video_io import SampleError, decode_crop, read_frames, resize_center_crop
 from harmoview.model.config import VIEW_SLOTS
@@ -85,14 +91,28 @@ class SampleEntry:
         return window(*self.clip_frames, self.bucket.num_frames, self.stride, self.focus_frame)
 
 
+#: At most this many left-out samples are described one by one in ``SampleIndex.problems`` (all are counted).
+MAX_PROBLEMS = 20
+
+
 class SampleIndex:
     """The usable samples of one or several datakit runs, and why the others were left out."""
 
-    def __init__(self, config: DataConfig, runs: list[Path], entries: list[SampleEntry], left_out: Counter) -> None:
+    def __init__(
+        self,
+        config: DataConfig,
+        runs: list[Path],
+        entries: list[SampleEntry],
+        left_out: Counter,
+        problems: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.runs = runs
         self.entries = entries
         self.left_out: dict[str, int] = dict(left_out)
+        #: one line per sample left out for a problem with the run itself (an unsafe ``video_path``), naming
+        #: the sample and the path; the first ``MAX_PROBLEMS`` of them
+        self.problems: list[str] = list(problems or [])
         self.num_null_captions = sum(e.caption is None for e in entries)  # of the usable samples
 
     def __len__(self) -> int:
@@ -124,9 +144,10 @@ class SampleIndex:
             raise ValueError("no manifests given: pass at least one datakit run directory")
         entries: list[SampleEntry] = []
         left_out: Counter = Counter()
+        problems: list[str] = []
         num_samples = 0
         for run_index, (run, root) in enumerate(zip(manifests, roots, strict=True)):
-            found, n = _index_run(run_index, Path(run), _video_root(Path(run), root), config, left_out)
+            found, n = _index_run(run_index, Path(run), _video_root(Path(run), root), config, left_out, problems)
             entries += found
             num_samples += n
         where = ", ".join(str(m) for m in manifests)
@@ -136,9 +157,9 @@ class SampleIndex:
             raise ValueError(
                 f"none of the {num_samples} samples in {where} is usable with this data config "
                 f"(views={config.views}, require_views={config.require_views}, frame_counts={config.frame_counts}, "
-                f"fps={config.fps}); left out: {dict(left_out)}"
+                f"fps={config.fps}); left out: {dict(left_out)}" + "".join(f"\n  {p}" for p in problems)
             )
-        return cls(config, [Path(m) for m in manifests], entries, left_out)
+        return cls(config, [Path(m) for m in manifests], entries, left_out, problems)
 
 
 def _video_root(run: Path, explicit: Path | None) -> Path:
@@ -146,6 +167,8 @@ def _video_root(run: Path, explicit: Path | None) -> Path:
         return Path(explicit).absolute()
     try:
         src = RunDir.open(run).record()["config"]["src"]
+    except IncompleteRunError:
+        raise  # names the missing or torn file; a video root would not help
     except NotARunError as err:
         raise NotARunError(f"{err} (or pass --video-root for its videos)") from err
     return Path(src).absolute()  # Path.absolute keeps an absolute src; a relative one joins the current directory
@@ -158,11 +181,13 @@ def _read_small(folder: Path, columns: list[str]) -> pa.Table:
 
 
 def _index_run(
-    run_index: int, run: Path, root: Path, config: DataConfig, left_out: Counter
+    run_index: int, run: Path, root: Path, config: DataConfig, left_out: Counter, problems: list[str]
 ) -> tuple[list[SampleEntry], int]:
-    """(usable entries, number of samples) of one run; reasons of the others go into ``left_out``."""
+    """(usable entries, number of samples) of one run; reasons of the others go into ``left_out``, and a
+    line naming the sample for a problem with the run's content into ``problems`` (the first few)."""
     if not (run / "samples").is_dir():
         raise ValueError(f"{run} has no samples table ({run}/samples/*.parquet): is it a `datakit build` run?")
+    RunDir.open(run)  # a whole run: every recorded file in place (else IncompleteRunError names the file)
     clips = _read_small(run / "clips", ["clip_id", "start_frame", "end_frame"])
     videos = _read_small(run / "videos", ["video_id", "fps", "width", "height"])
     tracks = _read_small(run / "tracks", ["track_id", "start_s", "end_s"]).to_pydict()
@@ -179,7 +204,11 @@ def _index_run(
             meta = _join_metadata(table, clips, videos)
             for row, (sample, clip_video) in enumerate(zip(table.to_pylist(), meta, strict=True)):
                 entry = _make_entry(sample, clip_video, config, root, (run_index, file, group, row), spans)
-                if isinstance(entry, str):
+                if isinstance(entry, UnsafePathError):
+                    left_out["unsafe_video_path"] += 1
+                    if len(problems) < MAX_PROBLEMS:
+                        problems.append(f"sample {sample['sample_id']} of {run} left out: unsafe video_path: {entry}")
+                elif isinstance(entry, str):
                     left_out[entry] += 1
                 else:
                     entries.append(entry)
@@ -201,8 +230,12 @@ def _join_metadata(samples: pa.Table, clips: pa.Table, videos: pa.Table) -> list
 
 def _make_entry(
     sample: dict, meta: dict, config: DataConfig, root: Path, where: tuple, spans: dict[str, tuple[float, float]]
-) -> SampleEntry | str:
-    """The entry of one sample row, or the reason it is left out."""
+) -> SampleEntry | str | UnsafePathError:
+    """The entry of one sample row, or the reason it is left out (the error, for a path leaving the root)."""
+    try:
+        video_path = inside_root(root, sample["video_path"])  # manifest content: checked before any use
+    except UnsafePathError as err:
+        return err
     if meta["start_frame"] is None:
         return "unknown_clip"
     if not meta["fps"] or not meta["width"] or not meta["height"]:
@@ -226,7 +259,7 @@ def _make_entry(
     return SampleEntry(
         run=run_index,
         sample_id=sample["sample_id"],
-        video_path=root / sample["video_path"],
+        video_path=video_path,
         clip_frames=(meta["start_frame"], meta["end_frame"]),
         stride=frame_stride(meta["fps"], config.fps),
         bucket=bucket,

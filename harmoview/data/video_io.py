@@ -11,7 +11,6 @@ raised as :class:`SampleError` with a short reason, so the data loader can skip 
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from fractions import Fraction
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from datakit.tools.photos import open_image
 from datakit.video.decode import quarter_turns, upright
 
 
@@ -113,7 +113,7 @@ def decode_crop(data: bytes | None, size: tuple[int, int], face_box: Sequence[fl
     that the frame edge pushed off the crop's centre stays in the picture; without it, the crop's centre."""
     h, w = size
     try:
-        image = Image.open(io.BytesIO(data or b""))
+        image = open_image(data or b"", "reference crop")  # header size checked: a crafted crop is no bomb
         centering = (0.5, 0.5)
         if face_box is not None and image.width > 0 and image.height > 0:
             x0, y0, x1, y1 = (float(v) for v in face_box)

@@ -7,6 +7,7 @@ captions, else a neutral default.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -82,12 +83,14 @@ def cases_from_run(
 
 
 def _write_references(crops: dict[str, bytes], identity_id: str, images: Path, out: Path) -> dict[str, str]:
-    """Write one identity's crops as ``<identity_id>_<view>.jpg``; returns view -> path relative to the case file."""
+    """Write one identity's crops as ``id_<hash of identity_id>_<view>.jpg``; returns view -> path relative to
+    the case file. The name is a hash, never the id itself: a crafted run's id (``../../x``) names no path."""
     images.mkdir(parents=True, exist_ok=True)
+    stem = "id_" + hashlib.sha256(identity_id.encode()).hexdigest()[:16]
     paths = {}
     for view in VIEWS:
         if view in crops:
-            path = images / f"{identity_id}_{view}.jpg"
+            path = images / f"{stem}_{view}.jpg"
             path.write_bytes(crops[view])
             paths[view] = os.path.relpath(path.resolve(), out.parent.resolve())
     return paths

@@ -1,7 +1,9 @@
 """The static evaluation page: one row per case with its references, a few sampled frames and its scores.
 
 Images are written beside the page (``images/``) and linked relatively, so the folder opens offline and
-can be copied anywhere. ``overview.png`` draws the same rows into one image.
+can be copied anywhere. Their names are ``<case_id>_NNN.jpg``, made here (the case id is checked by
+:func:`~harmoview.evaluate.cases.parse_case`): identity ids and paths from the case file never name a file.
+``overview.png`` draws the same rows into one image.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datakit.tools.photos import PHOTO_MAX_SIDE, read_photo_bgr
 from harmoview.evaluate.cases import Case
 from harmoview.evaluate.frames import SampledFrame
 from harmoview.evaluate.summary import SUMMARY_METRICS
@@ -50,17 +53,19 @@ def _case_images(case: Case, result: dict, samples: list[SampledFrame], root: Pa
     items = []
     for ident, paths in zip(case.identities, case.reference_paths(root), strict=True):
         for view, path in paths.items():
-            image = cv2.imread(str(path))
-            if image is not None:
-                name = f"{case.case_id}_ref_{ident.identity_id}_{view}.jpg"
-                items.append((name, f"{ident.identity_id} {view}", image))
+            try:  # the photo reader's pixel budget applies to references too
+                image = read_photo_bgr(path, max_side=PHOTO_MAX_SIDE)
+            except (OSError, ValueError):
+                continue  # scoring already reported an unusable reference
+            items.append((f"{ident.identity_id} {view}", image))
     scored = {f["index"]: f for s in result.get("identities", []) for f in s["frames"]}
     for sample in _preview(samples, count):
         face = scored.get(sample.index)
         label = f"t={sample.t_s:.1f}s " + (f"sim {face['facesim']:.2f} {face['view'] or ''}" if face else "no face")
-        items.append((f"{case.case_id}_frame_{sample.index:05d}.jpg", label, sample.bgr))
+        items.append((label, sample.bgr))
     out = []
-    for name, label, image in items:
+    for number, (label, image) in enumerate(items):
+        name = f"{case.case_id}_{number:03d}.jpg"  # named here: labels hold case-file strings
         thumb = _thumb(image)
         cv2.imwrite(str(folder / name), thumb, [cv2.IMWRITE_JPEG_QUALITY, 85])
         out.append((f"images/{name}", label, thumb))

@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from datakit.faces import Face, FaceStack
 from datakit.schema import VIEWS
+from datakit.tools.photos import read_photo_bgr
 from datakit.views import ViewBins
 from harmoview.evaluate.frames import SampledFrame
 
@@ -62,9 +62,13 @@ def _largest(faces: list[Face]) -> Face:
 def embed_reference(stack: FaceStack, image: str | Path | np.ndarray) -> np.ndarray:
     """The embedding of the largest face in a reference image (a path or a BGR array)."""
     name = str(image) if not isinstance(image, np.ndarray) else "<array>"
-    bgr = cv2.imread(name) if not isinstance(image, np.ndarray) else image
-    if bgr is None:
-        raise ReferenceError(f"cannot read reference image {name}")
+    if isinstance(image, np.ndarray):
+        bgr = image
+    else:
+        try:  # datakit's photo reader: a pixel budget checked before decoding; max_side 0 keeps the full size
+            bgr = read_photo_bgr(image, max_side=0)
+        except (OSError, ValueError) as exc:
+            raise ReferenceError(f"cannot read reference image {name}: {exc}") from None
     faces = stack.detect_photo(bgr)  # the photo path of datakit query / generate --ref: tight crops padded there
     if not faces:
         raise ReferenceError(f"no face found in reference image {name} by {stack.name}")

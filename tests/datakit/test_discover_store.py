@@ -42,9 +42,9 @@ def test_replace_table_is_whole_and_leaves_no_temporaries(tmp_path):
     run.replace_table("identities", pa.table({"x": [1, 2]}))
     run.replace_table("identities", pa.table({"x": [3]}))
     assert run.read("identities")["x"].to_pylist() == [3]
-    (tmp_path / ".faces.x.tmp").write_text("half")
+    (tmp_path / "identities" / ".datakit-tmp-part-00001.parquet.0a1b2c3d").write_text("half")
     run.clean_temporaries()
-    assert not list(tmp_path.glob(".*"))
+    assert not list(tmp_path.glob(".*")) and not list((tmp_path / "identities").glob(".*"))
 
 
 def test_iou_tracker_links_overlapping_boxes_and_cuts():

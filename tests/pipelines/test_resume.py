@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from datakit.config import BuildConfig
 from datakit.faces import build_face_stack
 from datakit.store import RunDir
-from pipelines.resume import RunConflictError, check_resume
-from tests.conftest import MODELS, VIDEOS, build_in_subprocess
+from pipelines.resume import RunConflictError, check_resume, reconcile_source
+from tests.conftest import MODELS, VIDEOS, build_in_subprocess, run_datakit
 
 SUBSET = (
     "obama_weekly_address_1.mp4",
@@ -127,3 +129,122 @@ def test_resume_checks_detect_max_side_also_against_older_runs(tmp_path):
     with pytest.raises(RunConflictError, match="detect_max_side"):
         check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS), run, stack)
     check_resume(BuildConfig(src=VIDEOS, out=run.root, models_dir=MODELS, detect_max_side=0), run, stack)
+
+
+def test_resume_refuses_another_source(tmp_path):
+    stack = build_face_stack("auto", models_dir=MODELS)
+    first = BuildConfig(src=VIDEOS, out=tmp_path / "run", models_dir=MODELS)
+    run = _earlier_run(tmp_path / "run", first.to_dict(), stack)
+    check_resume(BuildConfig(src=VIDEOS / ".." / "videos", out=run.root, models_dir=MODELS), run, stack)  # same
+    other = BuildConfig(src=tmp_path, out=run.root, models_dir=MODELS)
+    with pytest.raises(
+        RunConflictError,
+        match=f"built from --src {VIDEOS.resolve()}, this build reads {tmp_path.resolve()}.*--reconcile-src",
+    ):
+        check_resume(other, run, stack)
+    check_resume(other, run, stack, reconcile_src=True)
+
+
+def test_reconcile_source_removes_only_the_files_of_the_videos_that_are_gone(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_record({"config": {}})
+    one = pa.table({"x": [1]})
+    tables = dict.fromkeys(("videos", "faces", "errors", "clips", "tracks", "crops"), one)
+    run.write_video("v_a", tables, {})
+    run.write_video("v_b", tables, {})
+    run.write_segment("v_c", 0, tables, {})
+    (run.root / "_plan").mkdir()
+    (run.root / "_plan" / "v_c.json").write_text("{}")
+    pq.write_table(one, run.root / "errors" / "caption-v_b_c0001.parquet")
+    pq.write_table(one, run.root / "errors" / "caption-v_a_c0001.parquet")
+    assert reconcile_source(run, {"v_a"}) == ["v_b", "v_c"]
+    left = sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*") if p.is_file())
+    assert not [name for name in left if "v_b" in name or "v_c" in name], left
+    assert "errors/caption-v_a_c0001.parquet" in left and run.done_ids() == {"v_a"}
+    RunDir.open(run.root)
+
+
+TWO = ("single_face.mp4", "cisco_two_people.mp4")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> tuple:
+    """A finished build of two shipped videos: (source folder, run folder); tests work on copies of the run."""
+    root = tmp_path_factory.mktemp("small")
+    src = root / "src"
+    src.mkdir()
+    for name in TWO:
+        os.symlink(VIDEOS / name, src / name)
+    build_in_subprocess(src=src, out=root / "run", models_dir=MODELS, workers=1)
+    return src, root / "run"
+
+
+def _copy_run(small_run, tmp_path):
+    src, run = small_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    return src, copy
+
+
+def _video_id(run, name: str) -> str:
+    videos = pq.read_table(run / "videos").to_pylist()
+    return next(v["video_id"] for v in videos if v["path"] == name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_missing_or_torn_file_is_named_by_the_readers_and_redone_on_resume(small_run, tmp_path, damage):
+    src, run = _copy_run(small_run, tmp_path)
+    before = _ids(run)
+    video_id = _video_id(run, "single_face.mp4")
+    faces = run / "faces" / f"{video_id}.parquet"
+    want = pq.read_table(faces)
+    if damage == "delete":
+        faces.unlink()
+    else:
+        faces.write_bytes(faces.read_bytes()[: faces.stat().st_size // 2])
+    problem = f"faces/{video_id}.parquet is {'missing' if damage == 'delete' else 'torn'}"
+    for command in (
+        ["query", "-m", str(run), "--identity", "anything"],
+        ["report", "-m", str(run), "--out", str(tmp_path / "report")],
+        ["split", "-m", str(run), "--eval-fraction", "0.5"],
+    ):
+        proc = run_datakit(*command)
+        assert proc.returncode == 1 and f"run {run} is incomplete: {problem}" in proc.stderr, (command, proc.stderr)
+        assert "rerun `datakit build" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "report").exists() and not (run / "splits").exists()
+
+    rerun = run_datakit(*_command(src, run)[3:], timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "1 videos redone: files missing or torn" in rerun.stdout and problem in rerun.stdout
+    assert "1 already done" in rerun.stdout  # the other video was not redone
+    assert pq.read_table(faces).equals(want)
+    assert _ids(run) == before
+    RunDir.open(run)  # whole again
+
+
+@pytest.mark.slow
+def test_resume_with_another_src_is_refused_and_reconcile_src_removes_the_missing_videos(small_run, tmp_path):
+    src, run = _copy_run(small_run, tmp_path)
+    gone = _video_id(run, "cisco_two_people.mp4")
+    kept = _video_id(run, "single_face.mp4")
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    os.symlink(VIDEOS / "single_face.mp4", fewer / "single_face.mp4")
+    refused = run_datakit(*_command(fewer, run)[3:])
+    assert refused.returncode == 1
+    assert f"built from --src {src.resolve()}, this build reads {fewer.resolve()}" in refused.stderr, refused.stderr
+    assert (run / "faces" / f"{gone}.parquet").exists() and json.loads((run / "run.json").read_text())["config"][
+        "src"
+    ] == str(src)
+
+    proc = run_datakit(*_command(fewer, run)[3:], "--reconcile-src", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 videos removed from the run: no longer in --src" in proc.stdout
+    assert pq.read_table(run / "videos")["video_id"].to_pylist() == [kept]
+    assert set(pq.read_table(run / "tracks")["video_id"].to_pylist()) == {kept}
+    leftovers = [p for p in run.rglob(f"{gone}*") if p.is_file()]
+    assert leftovers == [], leftovers
+    record = json.loads((run / "run.json").read_text())
+    assert record["src_resolved"] == str(fewer.resolve()) and record["summary"]["num_removed_videos"] == 1
+    RunDir.open(run)

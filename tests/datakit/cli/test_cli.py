@@ -45,7 +45,7 @@ def test_config_file_with_unknown_key_is_rejected(tmp_path):
     config = tmp_path / "cfg.toml"
     config.write_text("sample_fps = 2.0\nnot_a_setting = 1\n")
     result = run_datakit("build", "--src", str(VIDEOS), "--out", str(tmp_path / "o"), "--config", str(config))
-    assert result.returncode == 1 and "not_a_setting" in result.stderr
+    assert result.returncode == 2 and "not_a_setting" in result.stderr  # a bad setting is a usage error
 
 
 # -- one convention for every command ------------------------------------------------------------------

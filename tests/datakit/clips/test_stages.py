@@ -75,14 +75,16 @@ def test_base_commits_a_batch_records_a_failed_clip_and_resumes(run_copy):
     assert out["status"].count("failed") == 1 and out["status"].count("ok") == len(items) - 1
     assert stage.batches == 1  # one model call for the decodable clips
     assert sorted(r["clip_id"] for r in _stored(run_copy, "mean_level")) == sorted(i["clip_id"] for i in items[1:])
-    error = pq.read_table(run_copy / "errors" / f"mean_level-{broken['clip_id']}.parquet").to_pylist()[0]
+    error_file = stage._error_path(broken["clip_id"])  # named by a hash of the clip id, inside errors/
+    assert error_file.parent == run_copy / "errors" and broken["clip_id"] not in error_file.name
+    error = pq.read_table(error_file).to_pylist()[0]
     assert (error["stage"], error["item"], error["video_id"]) == ("mean_level", broken["clip_id"], broken["video_id"])
 
     again, already = stage.pending(kept)  # resume: only the failed clip is left
     assert [i["clip_id"] for i in again] == [broken["clip_id"]] and already == len(items) - 1
     columns = {k: np.array([again[0][k]], dtype=object) for k in again[0]}  # Ray Data's columnar batch
     assert stage(columns)["status"] == ["ok"]
-    assert not (run_copy / "errors" / f"mean_level-{broken['clip_id']}.parquet").exists()  # success clears it
+    assert not error_file.exists()  # success clears it
     assert stage.pending(kept) == ([], len(items))
 
 

@@ -73,3 +73,24 @@ def test_help_defaults_come_from_the_api():
     evaluate = subs["evaluate"].parse_args(["--cases", "c", "--videos", "v", "--out", "o"])
     assert (evaluate.sample_fps, evaluate.max_frames) == (EvalConfig().sample_fps, EvalConfig().max_frames)
     assert "sampling steps (default 50)" in re.sub(r"\s+", " ", subs["generate"].format_help())
+
+
+def test_an_os_error_is_one_line_naming_the_path(tmp_path, shipped_run, capsys):
+    import pyarrow.parquet as pq
+
+    identity = pq.read_table(shipped_run / "reference_views", columns=["identity_id"])["identity_id"][0].as_py()
+    (tmp_path / "ids.txt").write_text(identity + "\n")
+    (tmp_path / "file").write_text("not a folder")
+    images = tmp_path / "file" / "refs"  # under a file: NotADirectoryError, an OSError that was a traceback
+    args = ["cases", "-m", str(shipped_run), "--identities", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "c")]
+    assert main([*args, "--images-dir", str(images)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("harmoview cases: error: Not a directory: ") and str(tmp_path / "file") in err
+    assert "\n" not in err and not (tmp_path / "c").exists()
+
+
+def test_a_count_flag_refuses_zero_as_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--prompt", "p", "--ckpt", "c", "--out", "o", "--text-len", "0"])
+    assert exit_info.value.code == 2
+    assert "--text-len: must be an integer >= 1 (got 0)" in capsys.readouterr().err

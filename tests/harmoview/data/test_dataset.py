@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from datakit.store import RunDir
 from harmoview.data.buckets import Bucket, choose_bucket, span, window
 from harmoview.data.dataset import DataConfig, SampleIndex, SampleReader, TrainDataset
 from harmoview.data.video_io import SampleError, decode_crop, read_frames, resize_center_crop, to_unit_range
@@ -75,11 +76,9 @@ def assert_same_batches(a: list[dict], b: list[dict]) -> None:
                 assert x[key] == y[key], key
 
 
-def rewrite_samples(run: Path, table: pa.Table, row_group_size: int = 4) -> None:
-    folder = run / "samples"
-    shutil.rmtree(folder)
-    folder.mkdir()
-    pq.write_table(table, folder / "part-00000.parquet", row_group_size=row_group_size)
+def rewrite_samples(run: Path, table: pa.Table) -> None:
+    """Replace a run's samples table through the store, so the run's records match it (readers verify them)."""
+    RunDir.open(run).replace_table("samples", table)
 
 
 # --- buckets -------------------------------------------------------------------------------------------
@@ -342,7 +341,7 @@ def test_dataloader_is_deterministic_and_resumes_exactly(index: SampleIndex) -> 
 @pytest.fixture
 def run_copy(shipped_run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
-    shutil.copytree(shipped_run, copy, ignore=shutil.ignore_patterns("_stage", "faces", "reference_views"))
+    shutil.copytree(shipped_run, copy, ignore=shutil.ignore_patterns("_index"))  # whole: readers verify runs
     return copy
 
 

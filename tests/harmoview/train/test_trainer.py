@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from datakit.store import RunDir
 from harmoview import from_pretrained, is_harmoview_param, read_state_dict
 from harmoview.cli import main
 from harmoview.model.encoders import Encoders
@@ -56,14 +56,11 @@ def cache_dir(shipped_run, tiny_encoders, tmp_path_factory) -> Path:
 
 
 def _rewrite_samples(run: Path, change) -> None:
-    """Rewrite a run's samples table through `change(list of rows) -> rows` (small row groups, as at scale)."""
+    """Rewrite a run's samples table through `change(list of rows) -> rows`, through the store so that the run's
+    records match it (readers verify them)."""
     table = ds.dataset(run / "samples", format="parquet").to_table()
     rows = change(table.to_pylist())
-    for f in (run / "samples").glob("*.parquet"):
-        f.unlink()
-    pq.write_table(
-        pa.Table.from_pylist(rows, schema=table.schema), run / "samples" / "part-0.parquet", row_group_size=4
-    )
+    RunDir.open(run).replace_table("samples", pa.Table.from_pylist(rows, schema=table.schema))
 
 
 @pytest.mark.parametrize("use_cache", [False, True], ids=["on-the-fly", "cache"])
