@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from harmoview.flow import DEFAULT_SHIFT
 from harmoview.model.config import FRONTAL_SLOT, VIEW_SLOTS, DiTConfig
 from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.model.references import References
-from harmoview.model.weights import build_model, initial_config
+from harmoview.model.weights import build_model, check_export_encoders, initial_config
 from harmoview.sampling import Conditions, Guidance, sample
 
 ReferenceImage = torch.Tensor | Image.Image
@@ -173,11 +174,13 @@ class HarmoViewPipeline:
             sampler=sampler, shift=shift, guidance=Guidance(ref_scale=ref_scale, text_scale=text_scale),
             low_noise_model=self.low_noise_model, autocast_dtype=self.autocast_dtype, progress=progress,
         )  # fmt: skip
+        paths = {k: v and str(v) for k, v in asdict(self.encoders.paths).items()}
         self.last_settings = {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "sampler": sampler,
             "shift": shift, "ref_scale": ref_scale, "text_scale": text_scale, "num_frames": num_frames,
             "height": height, "width": width, "reference_slots": [sorted(views) for views in references],
             "model": self.model_path, "low_noise_model": self.low_noise_path,
+            "encoders": self.encoders.record() | {"paths": paths},  # text_len, ViT layers, fingerprints
         }  # fmt: skip
         return self.encoders.decode_video(latents)[0].cpu()  # (3, F, H, W)
 
@@ -195,6 +198,7 @@ class HarmoViewPipeline:
 def _load_dit(ckpt: Path, encoders: Encoders, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A frozen DiT from a HarmoView export, a training run or a Wan folder, sized to agree with `encoders`."""
     config, directory = initial_config(ckpt, None, encoders)
+    check_export_encoders(directory, encoders)  # e.g. other --vit-layers than training used: refused, named
     model, report = build_model(config, directory, device=device, dtype=dtype)
     if report is not None and report.new:  # a plain Wan folder: its HarmoView modules are random
         tqdm.write(f"warning: {len(report.new)} HarmoView tensors are not in {directory} and are random")

@@ -12,9 +12,6 @@ from harmoview.flow import EXPERTS
 from harmoview.model.config import DiTConfig
 from harmoview.train.recipes import BUCKETS, RECIPES, TrainConfig
 
-CACHE_RECIPE = "pvc-stage4"
-"""The recipe whose buckets `harmoview cache` encodes by default: the largest, the last stage's."""
-
 
 def _recipes_help() -> str:
     lines = ["recipes (the Progressive View Curriculum; each stage starts from the previous: --init PREVIOUS_OUT):"]
@@ -23,7 +20,8 @@ def _recipes_help() -> str:
         refs = "no references" if not c.use_references else f"views {','.join(c.data.views)}"
         lines.append(
             f"  {name:16s} trains {c.trainable:9s} | {refs}, <= {c.data.max_identities} identities | "
-            f"dropout view {c.dropout.p_view} all-refs {c.dropout.p_all_refs} text {c.dropout.p_text} | "
+            f"dropout view {c.dropout.p_view} all-refs {c.dropout.p_all_refs} uncond {c.dropout.p_uncond} "
+            f"text {c.dropout.p_text} | "
             f"buckets {c.buckets} | lr {c.lr:g}, {c.steps} steps"
         )
     return "\n".join(lines)
@@ -54,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
     run = TrainRun(
         manifests=args.manifests, out=args.out, encoders=encoder_paths(args), init=args.init, preset=args.preset,
         video_roots=args.video_root, cache=args.cache, text_len=args.text_len, vit_layers=tuple(args.vit_layers),
-        progress=not args.quiet,
+        progress=not args.quiet, allow_config_change=args.allow_config_change,
     )  # fmt: skip
     summary = train(config, run)
     if int(os.environ.get("RANK", "0")) == 0:  # every rank returns the summary; one prints it
@@ -98,8 +96,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output dir: checkpoints/, final/, metrics.jsonl")
     p.add_argument("--init", type=Path, help="Wan checkpoint folder (native/diffusers) or a previous stage's out dir")
     p.add_argument("--preset", help="random initial weights of this preset when --init is not given (e.g. tiny)")
-    p.add_argument("--cache", type=Path, help="read encodings from this `harmoview cache` folder")
+    p.add_argument(
+        "--cache", type=Path,
+        help="read encodings from this `harmoview cache` folder (it must exist and match the encoders and buckets; "
+        "samples missing from it are skipped and counted as uncached)",
+    )  # fmt: skip
     p.add_argument("--config", type=Path, help="JSON/TOML overrides of the recipe (e.g. {data: {batch_size: 2}})")
+    p.add_argument(
+        "--allow-config-change", action="store_true",
+        help="resume although the recipe, config or encoder settings differ from the checkpoint's in --out (or "
+        "--init's encoder settings differ); without it such a resume is refused, naming the differences. "
+        "A larger --steps, --num-workers, --checkpoint-every and --activation-checkpointing need no flag",
+    )  # fmt: skip
     _add_recipe_overrides(p)
     add_quiet_flag(p)
     add_encoder_flags(p)
@@ -113,19 +121,32 @@ def _cache(args: argparse.Namespace) -> int:
     from harmoview.train.recipes import get_recipe
 
     dist = init_distributed()
-    recipe = get_recipe(args.recipe)
-    data = recipe.use_buckets(args.buckets or recipe.buckets).data
+    presets = cache_presets(args.recipe, args.buckets)
     encoders = Encoders.load(
         encoder_paths(args), device=dist.device, text_len=args.text_len, vit_layers=tuple(args.vit_layers),
         **training_dtypes(resolve_bf16("auto", dist.device)),  # the trainer's dtypes: they are in the cache key
     )  # fmt: skip
-    data.ref_size = (args.ref_latent_size * encoders.spatial_stride,) * 2
-    summary = build_cache(
-        args.manifests, args.out, encoders, data, video_roots=args.video_root, rank=dist.rank,
-        world_size=dist.world_size, progress=not args.quiet,
-    )  # fmt: skip
-    print(summary.format())
+    for preset, recipe in presets.items():  # one cache folder per bucket preset, all under --out
+        data = get_recipe(recipe).use_buckets(preset).data
+        data.ref_size = (args.ref_latent_size * encoders.spatial_stride,) * 2
+        summary = build_cache(
+            args.manifests, args.out, encoders, data, video_roots=args.video_root, rank=dist.rank,
+            world_size=dist.world_size, progress=not args.quiet,
+        )  # fmt: skip
+        print(f"buckets {preset}: {summary.format()}")  # each rank: its share
     return 0
+
+
+def cache_presets(recipes: list[str] | None, buckets: str | None) -> dict[str, str]:
+    """{bucket preset: a recipe using it} that `harmoview cache` fills: --buckets alone, else every distinct
+    preset of the given recipes (default: every PVC stage, so that one command serves the whole curriculum)."""
+    names = recipes or list(RECIPES)
+    if buckets:
+        return {buckets: names[0]}
+    presets: dict[str, str] = {}
+    for name in names:
+        presets.setdefault(RECIPES[name]().buckets, name)
+    return presets
 
 
 def add_cache_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -134,14 +155,16 @@ def add_cache_parser(subparsers: argparse._SubParsersAction) -> None:
         "cache", help="encode samples once (VAE latents, umT5 and ViT features) for faster training",
         description="Writes <out>/<key>/ with one safetensors file per sample; <key> fingerprints the encoders and "
         "buckets (one cache per bucket preset), so `harmoview train --cache OUT` reads it only when they match. "
-        "Resumable; shards over torchrun ranks.",
+        "By default it fills the buckets of every PVC stage (480p for stages 1-3, 480p+720p for stage 4), each in "
+        "its own <key>/; --recipe limits it to those stages' buckets. Resumable; shards over torchrun ranks.",
     )  # fmt: skip
     add_run_flags(p)
     p.add_argument("--out", type=Path, required=True, help="cache root folder")
     p.add_argument(
-        "--recipe", default=CACHE_RECIPE, choices=list(RECIPES), help="takes its buckets (default %(default)s)"
-    )
-    p.add_argument("--buckets", choices=list(BUCKETS), help="bucket preset (overrides the recipe's)")
+        "--recipe", action="append", choices=list(RECIPES),
+        help="fill the buckets of this stage (repeatable; default: every stage's buckets)",
+    )  # fmt: skip
+    p.add_argument("--buckets", choices=list(BUCKETS), help="fill only this bucket preset (overrides --recipe)")
     p.add_argument(
         "--ref-latent-size", type=int, default=api_default(DiTConfig, "ref_latent_hw")[0],
         help="reference latent side, the model's ref_latent_hw (default %(default)s)",

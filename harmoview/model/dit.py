@@ -61,17 +61,20 @@ class HarmoViewDiT(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def initialize_weights(self, names: Iterable[str] | None = None) -> None:
+    def initialize_weights(self, names: Iterable[str] | None = None, *, zero_head: bool = True) -> None:
         """(Re)initialise all parameters, or only `names` (used after loading a checkpoint on meta).
 
         Wan's scheme: Xavier-uniform linear/conv weights, N(0, 0.02) embeddings, zero biases, a zero
         head. HarmoView's image gates start at zero so that a fresh model equals its backbone.
+        `zero_head=False` gives the head Xavier weights like every other linear: random weights that stand
+        in for a pretrained backbone (a zero head passes no gradient to anything when it is frozen).
         """
         wanted = None if names is None else set(names)
         for name, p in self.named_parameters():
             if wanted is not None and name not in wanted:
                 continue
-            if name.endswith("gate_img") or name == "head.head.weight" or name.endswith(".bias"):
+            zero = name.endswith("gate_img") or name.endswith(".bias") or (zero_head and name == "head.head.weight")
+            if zero:
                 nn.init.zeros_(p)
             elif name.endswith("modulation"):
                 nn.init.normal_(p, std=self.config.dim**-0.5)

@@ -128,21 +128,67 @@ def _loaded_vae_strides(vae: nn.Module, vae_dir: Path) -> tuple[int, int]:
     return vae_strides(layout | {k: v for k, v in written.items() if k.startswith("scale_factor_")})
 
 
+_ROLES = ("vae", "text_encoder", "tokenizer", "vit")
+_ROLE_FLAGS = {"vae": "--vae", "text_encoder": "--text-encoder", "tokenizer": "--tokenizer", "vit": "--vit"}
+
+
+def _update_with_folder(digest: Any, role: str, folder: Path) -> None:
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.suffix in _WEIGHT_SUFFIXES:
+            digest.update(f"{role}/{path.name}:{path.stat().st_size}\n".encode())
+        elif path.suffix in (".json", ".model"):
+            digest.update(f"{role}/{path.name}:".encode() + path.read_bytes() + b"\n")
+
+
 def _fingerprint(paths: EncoderPaths, settings: str) -> str:
     """sha256[:16] over the settings and each folder's config-like files (by content) and weight files (by
     name and size: hashing gigabytes of weights at every start would be too slow). Folder locations are
     left out, so a moved model keeps its caches."""
     digest = hashlib.sha256(f"{_CONVENTION}\n{settings}\n".encode())
-    for role in ("vae", "text_encoder", "tokenizer", "vit"):
+    for role in _ROLES:
+        folder = getattr(paths, role)
+        if folder is not None:
+            _update_with_folder(digest, role, folder)
+    return digest.hexdigest()[:16]
+
+
+def _folder_fingerprints(paths: EncoderPaths) -> dict[str, str | None]:
+    """One fingerprint per encoder folder (the same cheap recipe as `_fingerprint`, no settings, no dtypes):
+    what an export records, so that a mismatch can name the encoder that differs."""
+    prints: dict[str, str | None] = {}
+    for role in _ROLES:
         folder = getattr(paths, role)
         if folder is None:
+            prints[role] = None
             continue
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            if path.suffix in _WEIGHT_SUFFIXES:
-                digest.update(f"{role}/{path.name}:{path.stat().st_size}\n".encode())
-            elif path.suffix in (".json", ".model"):
-                digest.update(f"{role}/{path.name}:".encode() + path.read_bytes() + b"\n")
-    return digest.hexdigest()[:16]
+        digest = hashlib.sha256(f"{_CONVENTION}\n".encode())
+        _update_with_folder(digest, role, folder)
+        prints[role] = digest.hexdigest()[:16]
+    return prints
+
+
+def encoder_record_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How the encoders of `current` differ from those `saved` (both `Encoders.record()`), one phrase each,
+    naming the setting or encoder ("vit_layers: trained with [10, 11], this run uses [9] (--vit-layers)").
+
+    Settings a record lacks (an older export) are not compared. A ViT is compared only when training had one.
+    """
+    changes = []
+    if "text_len" in saved and saved["text_len"] != current.get("text_len"):
+        changes.append(f"text_len: trained with {saved['text_len']}, this run uses {current.get('text_len')} "
+                       f"(--text-len)")  # fmt: skip
+    files, now = saved.get("files") or {}, current.get("files") or {}
+    if files.get("vit") is not None:
+        if now.get("vit") is None:
+            changes.append("vit: training used a ViT (MFI features), this run has none (--vit)")
+        elif "vit_layers" in saved and list(saved["vit_layers"] or []) != list(current.get("vit_layers") or []):
+            changes.append(f"vit_layers: trained with {saved['vit_layers']}, this run uses "
+                           f"{current.get('vit_layers')} (--vit-layers)")  # fmt: skip
+    for role in _ROLES:
+        if files.get(role) is not None and now.get(role) is not None and files[role] != now[role]:
+            changes.append(f"{role}: other encoder files than training's (fingerprint {files[role]}, this run "
+                           f"{now[role]}; {_ROLE_FLAGS[role]})")  # fmt: skip
+    return changes
 
 
 class Encoders:
@@ -154,6 +200,7 @@ class Encoders:
     def __init__(
         self, *, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, vit: ViTFeatures | None,
         paths: EncoderPaths, strides: tuple[int, int], text_len: int, device: torch.device, fingerprint: str,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
         self.vae, self.text_encoder, self.tokenizer, self.vit = vae, text_encoder, tokenizer, vit
         self.paths, self.text_len, self.device = paths, text_len, device
@@ -164,6 +211,9 @@ class Encoders:
         self.vit_dim: int | None = int(vit.visual.transformer.width) if vit is not None else None
         self.vit_num_levels: int = len(self.vit_layers)
         self._fingerprint = fingerprint
+        self.settings: dict[str, Any] = dict(settings or {})
+        """What the fingerprint hashes besides the files: text_len, vit_layers, dtypes (cache.json names them)."""
+        self._folder_prints = _folder_fingerprints(paths)
         mean, std = vae.config.latents_mean, vae.config.latents_std
         if len(mean) != self.z_dim or len(std) != self.z_dim:
             raise ValueError(f"VAE latents_mean/std have {len(mean)}/{len(std)} entries for z_dim {self.z_dim}")
@@ -226,16 +276,26 @@ class Encoders:
         resolved = EncoderPaths(vae=vae_dir, text_encoder=text_dir, tokenizer=tok_dir, vit=vit_dir)
         layers = list(vit.layer_indices) if vit is not None else None
         settings = f"text_len={text_len} vit_layers={layers} dtype={dtype} vae_dtype={vae_dtype or dtype}"
+        named = {"text_len": text_len, "vit_layers": layers, "dtype": str(dtype), "vae_dtype": str(vae_dtype or dtype)}
         return cls(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, vit=vit, paths=resolved,
             strides=_loaded_vae_strides(vae, vae_dir), text_len=text_len, device=device,
-            fingerprint=_fingerprint(resolved, settings),
+            fingerprint=_fingerprint(resolved, settings), settings=named,
         )  # fmt: skip
 
     def fingerprint(self) -> str:
         """16 hex digits identifying what these encoders output: configs, weight names and sizes, tokenizer
         files, text_len, ViT layers, dtypes and the encoding convention. Cache shards are keyed by it."""
         return self._fingerprint
+
+    def record(self) -> dict[str, Any]:
+        """The encoder settings a model trained with these encoders depends on, for exports, checkpoints, caches
+        and sidecars: text_len, ViT layers (absolute), VAE strides and one fingerprint per encoder folder (config
+        files by content, weight files by name and size; no paths, no dtypes). `encoder_record_changes` compares."""
+        return {
+            "text_len": self.text_len, "vit_layers": list(self.vit_layers) if self.has_vit else None,
+            "vae_strides": [self.temporal_stride, self.spatial_stride], "files": dict(self._folder_prints),
+        }  # fmt: skip
 
     @property
     def vit_feature_shape(self) -> tuple[int, int] | None:

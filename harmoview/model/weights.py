@@ -9,13 +9,14 @@ as missing (backbone) or new (HarmoView) - nothing is dropped silently.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -106,13 +107,46 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     elif path.suffix == ".safetensors":
         files = [path]
     else:
-        return _strip_prefix(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        try:
+            return _strip_prefix(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{path} is not a readable weights file ({_first_line(exc)})") from None
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                state[key] = f.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    state[key] = f.get_tensor(key)
+        except (SafetensorError, RuntimeError, OSError) as exc:  # truncated, garbage, unreadable
+            raise ValueError(
+                f"{file} is not a readable safetensors file ({_first_line(exc)}): copy or export it again"
+            ) from None
     return _strip_prefix(state)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+EXPORT_ENCODERS_KEY = "harmoview_encoders"
+"""safetensors metadata key of an export's encoder record (`Encoders.record()` as JSON)."""
+
+
+def read_export_encoders(path: str | Path) -> dict | None:
+    """The encoder record an export carries (text_len, ViT layers, encoder fingerprints), or None: a Wan
+    checkpoint, an older export, a .pt file. Reads the safetensors header only."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path] if path.suffix == ".safetensors" else []
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                text = (f.metadata() or {}).get(EXPORT_ENCODERS_KEY)
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise ValueError(f"{file} is not a readable safetensors file ({_first_line(exc)})") from None
+        if text:
+            return json.loads(text)
+    return None
 
 
 @dataclass
@@ -263,16 +297,19 @@ def diffusers_config(config: DiTConfig) -> dict:
 
 def save_checkpoint(
     model: HarmoViewDiT | dict[str, torch.Tensor], directory: str | Path, layout: str = DIFFUSERS,
-    config: DiTConfig | None = None,
+    config: DiTConfig | None = None, encoders: dict | None = None,
 ) -> Path:  # fmt: skip
     """Write `diffusion_pytorch_model.safetensors`, a layout config.json and our `harmoview.json`.
 
     `model` may be a native-layout state dict (e.g. gathered from FSDP), then `config` is required.
+    `encoders`: the `Encoders.record()` of training, kept in the safetensors metadata (`read_export_encoders`),
+    so that the file itself says which encoder settings it needs.
     """
     config = config or model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(to_layout(model, layout), str(directory / "diffusion_pytorch_model.safetensors"))
+    metadata = {EXPORT_ENCODERS_KEY: json.dumps(encoders)} if encoders else None
+    save_file(to_layout(model, layout), str(directory / "diffusion_pytorch_model.safetensors"), metadata=metadata)
     if layout == DIFFUSERS:
         (directory / "config.json").write_text(json.dumps(diffusers_config(config), indent=2))
     (directory / "harmoview.json").write_text(config.to_json())
@@ -341,3 +378,17 @@ def initial_config(init: Path | None, preset: str | None, encoders: Encoders) ->
             config = config.replace(use_mfi=vit, **sizes)
     encoders.check_model(config)
     return config, directory
+
+
+def check_export_encoders(
+    path: str | Path, encoders: Encoders, *, what: str = "the checkpoint", hint: str = ""
+) -> None:
+    """ValueError naming every encoder setting on which `encoders` differ from those the export at `path`
+    was trained with (an export without a record, e.g. a Wan checkpoint, passes); `hint` ends the message."""
+    from harmoview.model.encoders import encoder_record_changes
+
+    directory = resolve_model_dir(path)
+    saved = read_export_encoders(directory)
+    changes = encoder_record_changes(saved, encoders.record()) if saved else []
+    if changes:
+        raise ValueError(f"{what} {directory} was trained with other encoder settings: {'; '.join(changes)}{hint}")

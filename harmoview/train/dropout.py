@@ -1,19 +1,28 @@
 """View dropout (HarmoView's Progressive View Curriculum): hide references and text at random in training.
 
-Three independent events, each with its own probability from the stage config:
+Four events, each with its own probability from the stage config (the recipe table in
+`harmoview.train.recipes` lists every stage's values):
 
 - per identity, each present reference view is dropped with `p_view`; if that would drop them all, one
   present view (chosen uniformly) is kept, so an identity never loses every view while references are on.
   The model thus learns from any subset of views; the learnable proxy tokens take the dropped slots.
   Frequency of keeping one given view of an identity with k present views: (1 - p) + p^k / k.
-- per step, all references (and the MFI features) are dropped with `p_all_refs`: a plain text-to-video
-  step that keeps the backbone's ability (stage 4's "text-only" steps). It is one decision per step,
-  shared by every rank, so that FSDP's collectives see the same modules used on every rank.
-- per sample, the caption is replaced by the empty prompt with `p_text` (classifier-free guidance
-  needs the unconditional branch).
+- per micro-batch, one draw decides its conditions (`draw_step`), three disjoint outcomes:
+  - with `p_uncond` the micro-batch is *unconditional*: no references, no MFI features and the empty prompt
+    for every sample - the branch that three-way guidance (`--ref-scale`, `--text-scale`) extrapolates
+    from. Without it, that branch would be trained only when the two events below coincide;
+  - with `p_all_refs` it is *text-to-video*: no references and no MFI features, captions as drawn below
+    (stage 4's "text-only" steps that keep the backbone's ability);
+  - otherwise references are on.
+  The decision is shared by every rank, so that FSDP's collectives see the same modules used everywhere.
+- per sample, the caption is replaced by the empty prompt with `p_text` (the references-only branch of
+  guidance; on text-to-video micro-batches it also yields unconditional samples).
 
-Randomness comes from generators the trainer seeds per (seed, step, sample), so a resumed run, a
-different world size or a different batch layout draw exactly the same events for the same sample.
+So a sample trains unconditionally with probability p_uncond + p_all_refs * p_text (`uncond_rate`).
+
+Randomness comes from generators the trainer seeds per (seed, stage, step, micro-batch, sample), so a
+resumed run, a different world size or a different batch layout draw exactly the same events for the same
+sample, while two stages (e.g. stages 3 and 4) draw different ones.
 """
 
 from __future__ import annotations
@@ -22,23 +31,44 @@ from dataclasses import dataclass
 
 import torch
 
+PROBABILITIES = ("p_view", "p_all_refs", "p_uncond", "p_text")
+
+
+@dataclass(frozen=True, slots=True)
+class StepConditions:
+    """What one micro-batch is conditioned on (drawn by `ViewDropout.draw_step`)."""
+
+    refs_on: bool
+    """References (and MFI features) are given to the model."""
+    uncond: bool
+    """Unconditional: no references and the empty prompt for every sample."""
+
 
 @dataclass(kw_only=True, slots=True)
 class ViewDropout:
-    """Probabilities of the three dropout events (all 0 = no dropout)."""
+    """Probabilities of the dropout events (all 0 = no dropout)."""
 
     p_view: float = 0.0
     """Each present reference view of an identity is dropped with this probability (one is always kept)."""
     p_all_refs: float = 0.0
-    """A whole step runs without references: text-to-video (decided once per step for all ranks)."""
+    """A micro-batch runs without references: text-to-video (decided once for all ranks)."""
+    p_uncond: float = 0.0
+    """A micro-batch runs without references and with the empty prompt: the unconditional branch of guidance."""
     p_text: float = 0.0
     """A sample's caption is replaced by the empty prompt."""
 
     def __post_init__(self) -> None:
-        for name in ("p_view", "p_all_refs", "p_text"):
+        for name in PROBABILITIES:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value} is not a probability")
+        if self.p_all_refs + self.p_uncond > 1.0:
+            raise ValueError(f"p_all_refs + p_uncond = {self.p_all_refs + self.p_uncond} exceeds 1")
+
+    @property
+    def uncond_rate(self) -> float:
+        """Share of samples trained with neither references nor text: p_uncond + p_all_refs * p_text."""
+        return self.p_uncond + self.p_all_refs * self.p_text
 
     def drop_views(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """present (N, S) bool of one sample -> the views kept (N, S); identities with views keep >= 1."""
@@ -60,6 +90,13 @@ class ViewDropout:
         """True when this sample's caption is replaced by the empty prompt."""
         return bool(torch.rand((), generator=generator) < self.p_text)
 
+    def draw_step(self, generator: torch.Generator) -> StepConditions:
+        """The conditions of one micro-batch: unconditional, text-to-video or with references (one draw)."""
+        u = float(torch.rand((), generator=generator))
+        if u < self.p_uncond:
+            return StepConditions(refs_on=False, uncond=True)
+        return StepConditions(refs_on=u >= self.p_uncond + self.p_all_refs, uncond=False)
+
     def drop_all_refs(self, generator: torch.Generator) -> bool:
-        """True when this step runs without any reference (text-to-video)."""
-        return bool(torch.rand((), generator=generator) < self.p_all_refs)
+        """True when this micro-batch runs without any reference (text-to-video or unconditional)."""
+        return not self.draw_step(generator).refs_on

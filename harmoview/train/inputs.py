@@ -3,8 +3,9 @@
 A batch from `harmoview.data.dataset.TrainDataset` holds pixels; a batch from `harmoview.train.cache` holds what the
 frozen encoders made of them (`EncodedBatch`). Both end up as the same `EncodedBatch`, so training
 reads the cache or encodes on the fly through one code path. Randomness (sigma, noise, dropout) comes
-from one generator per sample seeded by (seed, step, micro-batch, sample_id): a resumed run, another
-world size or another batch layout draws the same numbers for the same sample at the same step.
+from one generator per sample seeded by (seed, stream, step, micro-batch, sample_id): a resumed run, another
+world size or another batch layout draws the same numbers for the same sample at the same step. The stream is
+the stage (its recipe name), so that stages 3 and 4 do not replay each other's draws for the same sample.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class TrainInputs:
     vit_features: torch.Tensor | None
     target: torch.Tensor
     num_text_dropped: int
+    """Samples whose caption was replaced by the empty prompt (text dropout or an unconditional micro-batch)."""
+    num_views_present: int
+    """Reference views the samples have (before view dropout; 0 when references are off)."""
+    num_views_kept: int
+    """Reference views given to the model after view dropout (0 when references are off)."""
+    timestep_values: list[float]
+    """The timesteps as Python floats (read without a device synchronisation)."""
 
 
 def seed_for(*parts: object) -> int:
@@ -99,30 +107,43 @@ def encode_batch(batch: dict, encoders: Encoders, *, with_refs: bool, with_vit: 
 
 def make_inputs(
     enc: EncodedBatch, *, empty_text: torch.Tensor, dropout: ViewDropout, refs_on: bool, mfi_on: bool,
-    shift: float, sigma_range: tuple[float, float], seed: int, step: int, micro: int,
+    shift: float, sigma_range: tuple[float, float], seed: int, step: int, micro: int, stream: str = "",
+    uncond: bool = False,
 ) -> TrainInputs:  # fmt: skip
-    """Noise the latents and apply dropout; `empty_text` (Lt, Dt) are the features of the empty prompt."""
+    """Noise the latents and apply dropout; `empty_text` (Lt, Dt) are the features of the empty prompt.
+
+    `stream` names the stage (its recipe) in the seeds; `uncond` = an unconditional micro-batch (every
+    caption empty; references must be off). The same random numbers are drawn whatever the outcome.
+    """
+    if uncond and refs_on:
+        raise ValueError("an unconditional micro-batch has no references")
     sigmas, noises, texts, kept, num_dropped = [], [], [], [], 0
+    present = enc.ref_present.cpu() if refs_on else None  # (B, N, S)
     for i, sample_id in enumerate(enc.sample_ids):
-        g = generator(seed, step, micro, sample_id)
+        g = generator(seed, stream, step, micro, sample_id)
         sigmas.append(sample_sigma(g, shift, sigma_range))
         noises.append(torch.randn(enc.latents.shape[1:], generator=g))
-        drop_text = dropout.drop_text(g)
+        drop_text = dropout.drop_text(g) or uncond
         num_dropped += drop_text
         texts.append(empty_text if drop_text else enc.text[i])
-        kept.append(dropout.drop_views(enc.ref_present[i].cpu(), g) if refs_on else None)
+        kept.append(dropout.drop_views(present[i], g) if refs_on else None)
     device = enc.latents.device
-    sigma = torch.tensor(sigmas, device=device)  # (B,)
+    sigma_cpu = torch.tensor(sigmas)  # (B,)
+    sigma = sigma_cpu.to(device)  # (B,)
     noise = torch.stack(noises).to(device, enc.latents.dtype)  # (B, C, f, h, w)
     references = vit = None
+    num_present = num_kept = 0
     if refs_on:
         if enc.ref_latents is None:
             raise ValueError("references are on but the batch has no reference latents")
-        references = References(latents=enc.ref_latents, present=torch.stack(kept).to(device))
+        kept_mask = torch.stack(kept)  # (B, N, S) on the CPU
+        num_present, num_kept = int(present.sum()), int(kept_mask.sum())
+        references = References(latents=enc.ref_latents, present=kept_mask.to(device))
         if mfi_on:
             vit = enc.vit
     return TrainInputs(
         noisy=add_noise(enc.latents, noise, sigma), timesteps=timesteps(sigma), text=torch.stack(texts),
         references=references, vit_features=vit, target=velocity_target(enc.latents, noise),
-        num_text_dropped=num_dropped,
+        num_text_dropped=num_dropped, num_views_present=num_present, num_views_kept=num_kept,
+        timestep_values=timesteps(sigma_cpu).tolist(),
     )  # fmt: skip

@@ -91,6 +91,17 @@ def all_reduce_any(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+# Module names that wrappers insert into parameter names: activation checkpointing, torch.compile, FSDP1.
+_WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module")
+
+
+def canonical_name(name: str) -> str:
+    """A parameter name without wrapper parts (`blocks.0._checkpoint_wrapped_module.ffn.0.weight` ->
+    `blocks.0.ffn.0.weight`): what checkpoints store, so that wrapping a model differently between runs
+    (e.g. `--activation-checkpointing` switched on after an out-of-memory) still resumes."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Wrap every DiT block with non-reentrant activation checkpointing (in place)."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper

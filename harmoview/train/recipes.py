@@ -12,6 +12,24 @@ starts from the previous stage's exported weights (`harmoview train --init PREVI
 
 The paper (arXiv 2606.10839) documents the four stages and view dropout; the probabilities, learning
 rates and step counts below are our starting points, not the paper's (its values are unreleased).
+
+Dropout probabilities per stage (`harmoview.train.dropout` defines the events; `harmoview train --help`
+prints them from these functions):
+
+    recipe       p_view  p_all_refs  p_uncond  p_text | unconditional samples  refs, no text  text, no refs
+    pvc-stage1   0       0           0         0.1    | 0                      0.1            0
+    pvc-stage2   0       0           0.05      0.1    | 0.05                   0.095          0
+    pvc-stage3   0.3     0.05        0.05      0.1    | 0.055                  0.09           0.045
+    pvc-stage4   0.4     0.1         0.1       0.1    | 0.11                   0.08           0.09
+
+- p_view: each present view of an identity is dropped (one always kept) - multi-view stages only.
+- p_all_refs: a micro-batch without references (text-to-video), keeps the backbone's text-to-video ability.
+- p_uncond: a micro-batch without references and without text: the unconditional branch of three-way
+  guidance (`generate --ref-scale / --text-scale`). Stage 1 has none: the backbone is frozen there and
+  no trainable module would be used (and Wan's own unconditional branch is kept as it is).
+- p_text: a sample's caption is replaced by the empty prompt (the references-only branch).
+- unconditional samples = p_uncond + p_all_refs * p_text (`ViewDropout.uncond_rate`); refs without text =
+  (1 - p_uncond - p_all_refs) * p_text; text without refs = p_all_refs * (1 - p_text).
 """
 
 from __future__ import annotations
@@ -59,7 +77,7 @@ class TrainConfig:
     buckets: str = "480p"
     """Name of the bucket preset (BUCKETS) that filled data.frame_counts / data.resolutions."""
     dropout: ViewDropout = field(default_factory=ViewDropout)
-    """View, all-reference and text dropout probabilities."""
+    """View, all-reference, unconditional and text dropout probabilities (table in the module docstring)."""
     steps: int = 1000
     """Optimiser steps of this stage."""
     lr: float = 1e-4
@@ -73,13 +91,14 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimiser step."""
     ema_decay: float = 0.999
-    """Exponential moving average of the trainable weights (0 = no EMA); exported when on."""
+    """Exponential moving average of the trainable weights (0 = no EMA); exported when on. The decay warms
+    up as min(ema_decay, (1 + n) / (10 + n)) after n optimiser steps of the stage (`optim.ema_decay_at`)."""
     shift: float = DEFAULT_SHIFT
     """Sigma shift k of the rectified-flow schedule."""
     expert: str | None = None
     """Wan2.2 A14B: train one expert on its timestep range, 'high' (t >= 875) or 'low' (t < 875)."""
     seed: int = 0
-    """Seed of noise, sigmas and dropout (drawn per step and sample, so resume is exact)."""
+    """Seed of noise, sigmas and dropout (drawn per stage, step and sample: resume is exact, stages differ)."""
     num_workers: int = 2
     """Data-loader processes per rank (0 = load in the training process)."""
     checkpoint_every: int = 500
@@ -92,6 +111,9 @@ class TrainConfig:
     """Steps between preview videos (0 = none); needs the VAE."""
     preview_steps: int = 8
     """Euler steps of a preview."""
+    sync_timing: bool = False
+    """Synchronise the GPU after encoding on logged steps, so that `encode_s` is the encoders' own time
+    (costs one device sync per micro-batch of a logged step); off, `encode_s` is the time to launch them."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward (less memory, about a third more compute)."""
     mixed_precision: str = "auto"
@@ -138,7 +160,7 @@ def pvc_stage2(lora: bool = False) -> TrainConfig:
     """Stage 2: the full model (or LoRA on the backbone) adapts to one frontal reference."""
     config = TrainConfig(
         recipe="pvc-stage2", trainable="lora" if lora else "all", data=_frontal_only(),
-        dropout=ViewDropout(p_text=0.1), steps=4000, lr=2e-5, warmup_steps=200,
+        dropout=ViewDropout(p_uncond=0.05, p_text=0.1), steps=4000, lr=2e-5, warmup_steps=200,
     )  # fmt: skip
     return config.use_buckets("480p")
 
@@ -147,7 +169,8 @@ def pvc_stage3() -> TrainConfig:
     """Stage 3: multi-view references of the main subject, views dropped at random, sometimes all."""
     config = TrainConfig(
         recipe="pvc-stage3", trainable="all", data=DataConfig(views=VIEW_SLOTS, max_identities=1),
-        dropout=ViewDropout(p_view=0.3, p_all_refs=0.05, p_text=0.1), steps=4000, lr=2e-5, warmup_steps=200,
+        dropout=ViewDropout(p_view=0.3, p_all_refs=0.05, p_uncond=0.05, p_text=0.1), steps=4000, lr=2e-5,
+        warmup_steps=200,
     )  # fmt: skip
     return config.use_buckets("480p")
 
@@ -156,7 +179,8 @@ def pvc_stage4() -> TrainConfig:
     """Stage 4: single/multi-view, 1-3 identities, larger buckets, text-only steps (T2V survives)."""
     config = TrainConfig(
         recipe="pvc-stage4", trainable="all", data=DataConfig(views=VIEW_SLOTS, max_identities=3),
-        dropout=ViewDropout(p_view=0.4, p_all_refs=0.1, p_text=0.1), steps=4000, lr=1e-5, warmup_steps=200,
+        dropout=ViewDropout(p_view=0.4, p_all_refs=0.1, p_uncond=0.1, p_text=0.1), steps=4000, lr=1e-5,
+        warmup_steps=200,
     )  # fmt: skip
     return config.use_buckets("480p+720p")
 

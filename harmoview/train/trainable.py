@@ -1,8 +1,9 @@
 """The model a training stage starts from, and which of it trains.
 
 `prepare_model` builds the initial weights (a Wan checkpoint, a previous stage's export, or a preset's
-random weights), adds LoRA adapters when asked, freezes what the stage does not train, and applies
-activation checkpointing and FSDP2 - functions applied to the unchanged model, never a patched forward.
+random weights with a random, not zero, head: see `load_initial_model`), adds LoRA adapters when asked,
+freezes what the stage does not train, and applies activation checkpointing and FSDP2 - functions applied
+to the unchanged model, never a patched forward.
 
 Under torchrun only rank 0 reads the checkpoint: the other ranks build the model on the meta device,
 every rank shards it, and rank 0's weights are broadcast into the shards. A 14B model then exists once
@@ -73,9 +74,16 @@ def set_trainable(model: nn.Module, trainable: str) -> list[str]:
 
 
 def load_initial_model(init: Path | None, preset: str | None, encoders: Encoders) -> HarmoViewDiT:
-    """The full initial model on the CPU: loaded weights, new HarmoView modules initialised."""
+    """The full initial model on the CPU: loaded weights, new HarmoView modules initialised.
+
+    Without weights (`preset`), the random backbone stands in for a pretrained one: its head gets random
+    (Xavier) weights instead of Wan's zero init. With a zero head, stage 1 (head and backbone frozen) would
+    pass no gradient to any module and train nothing. Loaded weights keep their own head.
+    """
     config, directory = initial_config(init, preset, encoders)
     model, report = build_model(config, directory)
+    if directory is None:
+        model.initialize_weights(["head.head.weight"], zero_head=False)
     if report is not None and report.new:
         tqdm.write(f"initialised {len(report.new)} new HarmoView tensors (not in {directory})")
     return model

@@ -22,13 +22,19 @@ from tqdm import tqdm
 from harmoview.data.dataset import SampleIndex, TrainDataset
 from harmoview.flow import expert_sigma_range, flow_loss
 from harmoview.model.dit import HarmoViewDiT
-from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
-from harmoview.model.weights import save_checkpoint
+from harmoview.model.encoders import EncoderPaths, Encoders, encoder_record_changes, training_dtypes
+from harmoview.model.weights import check_export_encoders, save_checkpoint
 from harmoview.train.cache import CachedDataset, find_cache
-from harmoview.train.checkpoint import full_model_state, latest_checkpoint, load_checkpoint, remove_incomplete
+from harmoview.train.checkpoint import (
+    ConfigChangeError,
+    config_changes,
+    full_model_state,
+    remove_incomplete,
+    resume_latest,
+)
 from harmoview.train.checkpoint import save_checkpoint as save_training_checkpoint
-from harmoview.train.inputs import EncodedBatch, encode_batch, generator, make_inputs
-from harmoview.train.log import MetricsLog
+from harmoview.train.inputs import EncodedBatch, TrainInputs, encode_batch, generator, make_inputs
+from harmoview.train.log import MetricsLog, sum_counters_over_ranks, sum_over_ranks
 from harmoview.train.optim import EMA, build_optimizer, warmup_lr
 from harmoview.train.parallel import (
     all_reduce_any,
@@ -59,12 +65,15 @@ class TrainRun:
     video_roots: list[Path] | None = None
     """Where each run's videos are (default: the `src` recorded in its run.json)."""
     cache: Path | None = None
-    """A `harmoview cache` folder to read encodings from (must match encoders and buckets)."""
+    """A `harmoview cache` folder to read encodings from (must exist and match encoders and buckets; samples
+    missing from it are skipped and counted as `uncached`)."""
     text_len: int = 512
     """Text tokens fed to the model (Wan: 512)."""
     vit_layers: tuple[int, ...] = (-2,)
     """ViT depths whose features MFI injects."""
     progress: bool = True
+    allow_config_change: bool = False
+    """Resume (or start from `init`) although the config or encoder settings differ from the checkpoint's."""
 
 
 @dataclass
@@ -132,6 +141,8 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def _build_model(self) -> HarmoViewDiT:
         c, run = self.config, self.run_spec
+        if run.init is not None and not run.allow_config_change:  # e.g. other --vit-layers than the last stage
+            check_export_encoders(run.init, self.encoders, what="--init", hint=" (or pass --allow-config-change)")
         return prepare_model(
             run.init, run.preset, self.encoders, self.dist, trainable=c.trainable, lora_rank=c.lora_rank,
             lora_alpha=c.lora_alpha, activation_checkpointing=c.activation_checkpointing, bf16=self.bf16,
@@ -146,19 +157,21 @@ class Trainer:
         )
         index = SampleIndex.open(self.run_spec.manifests, data, self.run_spec.video_roots)
         self.summary.usable_samples, self.summary.left_out = len(index), dict(index.left_out)
+        if self.dist.is_main:
+            for problem in index.problems:  # e.g. a video_path leaving its root: named, counted, never read
+                tqdm.write(problem)
         self.summary.null_captions = index.num_null_captions
         return index
 
     def _dataset(self) -> TrainDataset:
-        """Batches from the cache when one matches these encoders and buckets, else pixels to encode."""
+        """Batches from `--cache` (which must match these encoders and buckets), else pixels to encode."""
         rank, world = self.dist.rank, self.dist.world_size
         if self.run_spec.cache is not None:
             folder, message = find_cache(self.run_spec.cache, self.encoders, self.config.data, self.index)
             if self.dist.is_main:
                 tqdm.write(message)
-            if folder is not None:
-                self.summary.cache = folder
-                return CachedDataset(self.index, folder, rank=rank, world_size=world)
+            self.summary.cache = folder
+            return CachedDataset(self.index, folder, rank=rank, world_size=world)
         return TrainDataset(self.index, rank=rank, world_size=world)
 
     # ----------------------------------------------------------------------------------------------
@@ -208,7 +221,7 @@ class Trainer:
         if finite:
             self.optimizer.step()
             if self.ema:
-                self.ema.update(self.model)
+                self.ema.update(self.model, num_steps=self.step + 1)  # decay warm-up (optim.ema_decay_at)
         else:  # a NaN/inf anywhere: skip the update on every rank, count it, say so
             self.summary.nonfinite_steps += 1
             tqdm.write(f"step {self.step}: non-finite loss or gradient, update skipped")
@@ -218,10 +231,18 @@ class Trainer:
     def _accumulate(self, batches) -> tuple[float, int, dict]:
         """Forward and backward `grad_accum` micro-batches.
 
-        Returns the mean loss over ranks, the samples used by all ranks, and what this rank's step saw (timestep range,
-        share of micro-batches with references) for the metrics.
+        Returns the mean loss over ranks, the samples used by all ranks, and what the step saw for the metrics:
+        timestep range and shares of micro-batches with references / unconditional (this rank's; the draw is
+        shared by all ranks), and reference views present / kept and captions dropped, summed over ranks.
+        The skip and text-dropout counters of the summary are summed over ranks here too.
         """
-        c, total, num_samples, t_seen, refs_seen = self.config, 0.0, 0, [], 0
+        c, total, t_seen, refs_seen, uncond_seen = self.config, 0.0, [], 0, 0
+        counts = {"samples": 0, "views_present": 0, "views_kept": 0}
+        skipped_before, dropped_before, empties_before = (
+            Counter(self.summary.skipped), self.summary.text_dropped, self.summary.empty_batches,
+        )  # fmt: skip
+        # A device sync per micro-batch stalls the GPU queue: only on logged steps, and only when asked.
+        timing = c.sync_timing and self.dist.device.type == "cuda" and self._logs_step(self.step + 1)
         wait_s = encode_s = 0.0
         for micro in range(c.grad_accum):
             started = time.perf_counter()
@@ -229,36 +250,55 @@ class Trainer:
             wait_s += time.perf_counter() - started
             if self.preview_batch is None:
                 self.preview_batch = batch
-            refs_on = c.use_references and not c.dropout.drop_all_refs(generator(c.seed, self.step, micro, "refs"))
+            conditions = c.dropout.draw_step(generator(c.seed, c.recipe, self.step, micro, "refs"))
+            refs_on = c.use_references and conditions.refs_on
             mfi_on = refs_on and self.model.config.use_mfi and self.encoders.has_vit
             started = time.perf_counter()
             enc = self._encode(batch, refs_on, mfi_on)
-            if self.dist.device.type == "cuda":
+            if timing:
                 torch.cuda.synchronize()  # so that encode_s is the encoders' time, not the launch time
             encode_s += time.perf_counter() - started
-            loss, timesteps = self._forward_backward(enc, micro, refs_on, mfi_on)
-            total += loss / c.grad_accum
-            num_samples += len(enc.sample_ids)
-            t_seen += timesteps
+            loss, inputs = self._forward_backward(enc, micro, refs_on, mfi_on, conditions.uncond)
+            total = total + loss / c.grad_accum  # a tensor: one device sync per step, not per micro-batch
+            counts["samples"] += len(enc.sample_ids)
+            counts["views_present"] += inputs.num_views_present
+            counts["views_kept"] += inputs.num_views_kept
+            t_seen += inputs.timestep_values
             refs_seen += refs_on
+            uncond_seen += conditions.uncond
+        counts |= {
+            "text_dropped": self.summary.text_dropped - dropped_before,
+            "empty_batches": self.summary.empty_batches - empties_before,
+        }  # fmt: skip
+        totals, skipped = sum_over_ranks(counts, self.dist.device), self.summary.skipped - skipped_before
+        self.summary.skipped = skipped_before + sum_counters_over_ranks(skipped, self.dist.device)
+        self.summary.text_dropped = dropped_before + totals["text_dropped"]
+        self.summary.empty_batches = empties_before + totals["empty_batches"]
         seen = {
             "t_min": min(t_seen), "t_max": max(t_seen), "refs_on": refs_seen / c.grad_accum,
+            "uncond": uncond_seen / c.grad_accum, "views_present": totals["views_present"],
+            "views_kept": totals["views_kept"], "text_dropped": totals["text_dropped"],
             "data_wait_s": wait_s, "encode_s": encode_s,
         }  # fmt: skip
         # Loss averaged and samples counted over every rank (FSDP averages the gradients the same way).
-        world = self.dist.world_size
-        num_samples = round(all_reduce_mean(float(num_samples), self.dist.device) * world)
-        return all_reduce_mean(total, self.dist.device), num_samples, seen
+        return all_reduce_mean(float(total), self.dist.device), totals["samples"], seen
 
-    def _forward_backward(self, enc: EncodedBatch, micro: int, refs_on: bool, mfi_on: bool) -> tuple[float, list]:
+    def _logs_step(self, step: int) -> bool:
+        """True when optimiser step `step` (1-based) writes a metrics line."""
+        return step % self.config.log_every == 0 or step == self.config.steps
+
+    def _forward_backward(
+        self, enc: EncodedBatch, micro: int, refs_on: bool, mfi_on: bool, uncond: bool
+    ) -> tuple[torch.Tensor, TrainInputs]:
         """Dropout, noising and the velocity loss of one micro-batch, backpropagated scaled by 1/grad_accum.
 
-        Returns the micro-batch's loss and its timesteps.
+        Returns the micro-batch's loss (a detached tensor) and its inputs (timesteps, dropout counts).
         """
         c = self.config
         inputs = make_inputs(
             enc, empty_text=self.empty_text, dropout=c.dropout, refs_on=refs_on, mfi_on=mfi_on, shift=c.shift,
-            sigma_range=expert_sigma_range(c.expert), seed=c.seed, step=self.step, micro=micro,
+            sigma_range=expert_sigma_range(c.expert), seed=c.seed, step=self.step, micro=micro, stream=c.recipe,
+            uncond=uncond,
         )  # fmt: skip
         with torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             prediction = self.model(
@@ -267,7 +307,7 @@ class Trainer:
         loss = flow_loss(prediction, inputs.target)  # () float32, over the video tokens only
         (loss / c.grad_accum).backward()
         self.summary.text_dropped += inputs.num_text_dropped
-        return loss.item(), inputs.timesteps.tolist()
+        return loss.detach(), inputs
 
     def _encode(self, batch: dict, refs_on: bool, mfi_on: bool) -> EncodedBatch:
         if "encoded" in batch:  # read from the cache
@@ -324,6 +364,7 @@ class Trainer:
         return {
             "step": self.step, "world_size": self.dist.world_size, "positions": positions,
             "recipe": self.config.recipe, "config": self.config.to_dict(), "counters": counters,
+            "encoders": self.encoders.record(),
         }  # fmt: skip
 
     def _save(self) -> None:
@@ -337,13 +378,14 @@ class Trainer:
         if self.dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             remove_incomplete(out)
-            (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
         barrier()
-        path = latest_checkpoint(out)
+        # An unreadable newest checkpoint falls back to the previous kept one; another config is refused first.
+        path, state = resume_latest(out, self.model, self.optimizer, self.ema, self.dist, check=self._check_resume)
+        if self.dist.is_main:  # written only once the resume is accepted: a refused one leaves it as it was
+            (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
         if path is None:
             self.log.truncate(0)
             return
-        state = load_checkpoint(path, self.model, self.optimizer, self.ema, self.dist)
         self.step = self.summary.resumed_from = state["step"]
         if state["world_size"] == self.dist.world_size:
             self.position = state["positions"][self.dist.rank]
@@ -356,6 +398,26 @@ class Trainer:
         self.summary.empty_batches = counters["empty_batches"]
         self.log.truncate(self.step)
         tqdm.write(f"resumed from {path} (step {self.step})")
+
+    def _check_resume(self, path: Path, state: dict) -> None:
+        """Refuse to resume checkpoint `path` with another config or other encoders (naming each difference),
+        unless `allow_config_change`; a larger `steps` passes silently."""
+        changes = config_changes(
+            state.get("config", {}), self.config.to_dict(), saved_world_size=state.get("world_size", 1),
+            world_size=self.dist.world_size,
+        )  # fmt: skip
+        if state.get("encoders"):
+            changes += encoder_record_changes(state["encoders"], self.encoders.record())
+        if not changes:
+            return
+        if not self.run_spec.allow_config_change:
+            raise ConfigChangeError(
+                f"{self.run_spec.out} holds a checkpoint ({path.name}) trained with other settings: "
+                f"{'; '.join(changes)}. Resume with the same settings, use another --out, or pass "
+                f"--allow-config-change (a larger --steps needs none)"
+            )
+        if self.dist.is_main:
+            tqdm.write(f"resuming {path.name} with changed settings (--allow-config-change): {'; '.join(changes)}")
 
     def _preview(self) -> None:
         """Euler preview of the first sample this run drew, with its conditions (EMA weights when on).
@@ -391,7 +453,9 @@ class Trainer:
             if self.dist.is_main:
                 if self.config.trainable == "lora":
                     state = merge_lora(state, self.config.lora_rank, self.config.lora_alpha)
-                path = save_checkpoint(state, self.run_spec.out / "final", config=self.model.config)
+                path = save_checkpoint(
+                    state, self.run_spec.out / "final", config=self.model.config, encoders=self.encoders.record()
+                )
         finally:
             if self.ema:
                 self.ema.swap(self.model)

@@ -105,14 +105,15 @@ def test_overfitting_one_real_sample_cuts_the_loss_tenfold(shipped_run, tiny_enc
     run = tmp_path / "run"
     shutil.copytree(shipped_run, run)
     _rewrite_samples(run, lambda rows: [r for r in rows if r["video_path"] == "obama_weekly_address_1.mp4"])
-    config = tiny_config("pvc-stage2", steps=300, lr=3e-3, ema_decay=0.0, dropout={"p_text": 0.0})
+    config = tiny_config("pvc-stage2", steps=300, lr=3e-3, ema_decay=0.0, dropout={"p_text": 0.0, "p_uncond": 0.0})
     config.data.ref_size = (32, 32)
     encoders = Encoders.load(tiny_encoders, text_len=TEXT_LEN, vit_layers=tiny_vit_layers)
     build_cache([run], tmp_path / "cache", encoders, config.data, progress=False)
     summary = train(config, tiny_run(run, tiny_encoders, tmp_path / "out", tiny_init, cache=tmp_path / "cache"))
     assert summary.usable_samples == 1
     history = losses(tmp_path / "out")
-    first, last = statistics.mean(history[:10]), statistics.mean(history[-30:])
+    # median at the end: the per-step loss depends on the drawn sigma, and a few high-sigma draws dominate a mean
+    first, last = statistics.mean(history[:10]), statistics.median(history[-30:])
     assert first / last >= 10, f"loss went from {first:.3f} to {last:.3f} only"
 
 
