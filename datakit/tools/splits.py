@@ -167,7 +167,8 @@ def split_run(
         counts=_split_counts(split, reason, sample_split),
     )
     if write:
-        rundir.replace_table("splits", result.table)
+        with rundir.lock("split"):  # one writer at a time: a running build refuses it (RunLockedError)
+            rundir.replace_table("splits", result.table)
         result.path = rundir.root / "splits"
     return result
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from datakit.store import RunDir, RunLockedError
 from datakit.tools.splits import assign_splits, split_run
 from tests.conftest import MODELS, STILLS, run_datakit
 
@@ -130,3 +131,16 @@ def test_leakage_reads_a_case_file(run, tmp_path):
     assert [leak["used_by"] for leak in leaks] == [[{"case_id": "c2", "identity_id": "p2", "view": "frontal"}]]
     help_text = run_datakit("leakage", "--help").stdout
     assert "exit" in help_text.lower() and "1" in help_text
+
+
+def test_split_is_refused_while_another_writer_holds_the_run(run):
+    """`datakit split` writes RUN/splits/: it takes the run's writer lock, so a running build refuses it."""
+    before = sorted(p.name for p in (run / "splits").glob("*")) if (run / "splits").is_dir() else []
+    with RunDir(run).lock("build"):
+        with pytest.raises(RunLockedError, match="in use by datakit pid"):
+            split_run(run, eval_fraction=0.3, seed=1)
+        result = run_datakit("split", "-m", str(run), "--eval-fraction", "0.3")
+        assert result.returncode == 1 and "in use by datakit pid" in result.stderr, result.stderr
+    after = sorted(p.name for p in (run / "splits").glob("*")) if (run / "splits").is_dir() else []
+    assert after == before
+    assert split_run(run, eval_fraction=0.3, seed=1).path == run / "splits"  # free again
