@@ -77,6 +77,7 @@ __all__ = [
     "Continuity",
     "consolidate",
     "consolidate_video",
+    "continuity_chains",
     "fast_mover_links",
     "fragment_chains",
     "length_splits",
@@ -501,10 +502,7 @@ def consolidate_passed(
     with ``drop_reason = "fragment"`` set on dropped fragments, and a group code per row (-1: dropped)."""
     passed = np.asarray(pc.is_null(tracks.column("drop_reason")).to_numpy(zero_copy_only=False), bool)
     groups = np.full(tracks.num_rows, -1, np.int64)
-    threshold, veto = consolidate_cosine_for(embedder.name, cfg.same_person_cosine or embedder.same_person_cosine)
-    if cfg.consolidate_cosine is not None:
-        threshold = cfg.consolidate_cosine
-    gates = Continuity(cfg.track_max_gap_s, cfg.track_max_shift, cfg.track_max_scale, cfg.sample_fps)
+    threshold, veto, gates = _settings(cfg, embedder)
     codes, fragment = consolidate(
         tracks.filter(pa.array(passed)),
         faces,
@@ -523,3 +521,34 @@ def consolidate_passed(
     reasons[rows[fragment]] = FRAGMENT
     at = tracks.schema.get_field_index("drop_reason")
     return tracks.set_column(at, "drop_reason", pa.array(reasons.tolist(), pa.string())), groups
+
+
+def _settings(cfg, embedder) -> tuple[float, float, Continuity]:
+    """(merge threshold, veto, continuity gates) of a build: the config's, else the embedder's calibrated ones."""
+    threshold, veto = consolidate_cosine_for(embedder.name, cfg.same_person_cosine or embedder.same_person_cosine)
+    if cfg.consolidate_cosine is not None:
+        threshold = cfg.consolidate_cosine
+    gates = Continuity(cfg.track_max_gap_s, cfg.track_max_shift, cfg.track_max_scale, cfg.sample_fps)
+    return float(threshold), float(veto), gates
+
+
+def continuity_chains(tracks: pa.Table, faces: pa.Table, clips: pa.Table, cfg, embedder) -> dict[str, str]:
+    """Per track id, the id of the first piece of its chain (pieces of one appearance joined across length
+    splits and fast movers' steps, step 1 of the module docstring), over all tracks, before any gate.
+
+    The track gates judge chains, not pieces (:func:`datakit.passes.gates.apply_gates`): a shot cut into
+    clips for length, or into segments of a long video, is then gated as a whole, as in an unsplit run. A
+    chain passes or fails whole, so step 1 over the passed tracks alone makes the same joins."""
+    if tracks.num_rows == 0:
+        return {}
+    _, veto, gates = _settings(cfg, embedder)
+    by_id = pc.sort_indices(tracks, [("track_id", "ascending")]).to_numpy()
+    t = tracks.take(pa.array(by_id))
+    ids = t.column("track_id").to_pylist()
+    sets = _face_sets(ids, faces, embedder.dim)
+    splits = length_splits(clips, cfg.max_clip_s)
+    chain = split_chains(t, faces, splits, gates, sets, veto, cfg.consolidate_top_k, shots_of_clips(clips, splits))
+    first: dict[int, str] = {}
+    for i, c in enumerate(chain):
+        first.setdefault(c, ids[i])
+    return {ids[i]: first[c] for i, c in enumerate(chain)}

@@ -40,6 +40,12 @@ only if its own detector score reaches the confident score and its own sharpness
 back of Alex Lacamoire's head at 0.61-0.65 in the Hamilton close-up), but such a frame is no picture of
 the person.
 
+Gates judge *appearances*, not track pieces: the pieces of one appearance that the identity pass joins
+across length splits (and a fast mover's steps, :func:`datakit.passes.consolidate.continuity_chains`)
+pool their faces' evidence and pass or fail together. A shot cut into 1 s clips is then gated like the
+unsplit shot (on crowd_walk at ``max_clip_s`` 1.0 two 1 s pieces of a 38 px face had a median above the
+40 px gate and made an identity that the unsplit run drops as ``small``).
+
 A dropped track keeps its faces and its row in ``tracks`` with ``drop_reason`` (the first gate it
 failed) and a null ``identity_id``; it is never linked and gives no reference.
 """
@@ -157,9 +163,10 @@ def _on_head(guest: np.ndarray, host: np.ndarray) -> np.ndarray:
     return (ix * iy >= 0.5 * area) & small_enough
 
 
-def track_evidence(faces: pa.Table) -> pa.Table:
+def track_evidence(faces: pa.Table, second: np.ndarray | None = None) -> pa.Table:
     """Per ``track_id``: ``best_det_score``, ``median_face_px``, ``median_sharpness``, ``landmark_ok``
-    (share of faces with plausible landmarks), ``second_box`` (share of second boxes on another's head)."""
+    (share of faces with plausible landmarks), ``second_box`` (share of second boxes on another's head;
+    ``second``: the per-face flags of :func:`second_boxes` when the caller has them)."""
     n = faces.num_rows
     if n == 0:
         return pa.table({"track_id": pa.array([], pa.string())})
@@ -177,7 +184,7 @@ def track_evidence(faces: pa.Table) -> pa.Table:
             "face_px": faces.column("face_px"),
             "sharpness": faces.column("sharpness"),
             "landmark_ok": pa.array(ok.astype(np.float32)),
-            "second_box": pa.array(second_boxes(faces).astype(np.float32)),
+            "second_box": pa.array((second_boxes(faces) if second is None else second).astype(np.float32)),
         }
     )
     agg = per_face.group_by("track_id").aggregate(
@@ -199,10 +206,25 @@ def track_evidence(faces: pa.Table) -> pa.Table:
     return agg.rename_columns([names.get(name, name) for name in agg.column_names])
 
 
-def apply_gates(tracks: pa.Table, faces: pa.Table, gates: GateThresholds) -> pa.Table:
-    """``tracks`` with ``drop_reason`` set (null = kept) from the evidence of their ``faces``."""
-    ev = track_evidence(faces)
-    ids = tracks.column("track_id")
+def apply_gates(
+    tracks: pa.Table, faces: pa.Table, gates: GateThresholds, chains: dict[str, str] | None = None
+) -> pa.Table:
+    """``tracks`` with ``drop_reason`` set (null = kept) from the evidence of their ``faces``.
+
+    ``chains`` (track id -> chain id, :func:`datakit.passes.consolidate.continuity_chains`): the evidence is
+    pooled per chain, so the pieces of one appearance pass or fail together, however the shot was cut."""
+    if chains:
+        second = second_boxes(faces)  # per frame, before the faces are relabelled by chain
+        chain_of = pc.cast(faces.column("track_id"), pa.string()).to_pylist()
+        faces = faces.set_column(
+            faces.schema.get_field_index("track_id"), "track_id", pa.array([chains.get(t, t) for t in chain_of])
+        )
+        ev = track_evidence(faces, second)
+        chain_ids = [chains.get(t, t) for t in tracks.column("track_id").to_pylist()]
+        ids = pa.array(chain_ids, pa.string())
+    else:
+        ev = track_evidence(faces)
+        ids = tracks.column("track_id")
     if ev.num_rows:
         idx = pc.index_in(ids, value_set=ev.column("track_id"))
         evidence = {name: pc.take(ev.column(name), idx) for name in ev.column_names if name != "track_id"}

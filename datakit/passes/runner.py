@@ -34,7 +34,7 @@ from datakit.clips.filters import CHEAP_FILTERS, MODEL_FILTERS, apply_clip_filte
 from datakit.clips.scores import attach_clip_scores
 from datakit.config import BuildConfig
 from datakit.faces import FaceStack
-from datakit.passes.consolidate import consolidate_passed
+from datakit.passes.consolidate import consolidate_passed, continuity_chains
 from datakit.passes.contexts import context_pass, stored_contexts
 from datakit.passes.gates import GateThresholds, apply_gates, reference_candidates
 from datakit.passes.identities import build_identities, link_identities
@@ -107,7 +107,8 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack, clips: pa.Tab
 
     t = time.perf_counter()
     gates = GateThresholds.resolve(cfg, stack.detector)
-    tracks = apply_gates(tracks, faces, gates)
+    # Gates judge whole appearances: pieces joined across length splits pass or fail together.
+    tracks = apply_gates(tracks, faces, gates, continuity_chains(tracks, faces, clips, cfg, stack.embedder))
     seconds["gates"] = time.perf_counter() - t
 
     t = time.perf_counter()

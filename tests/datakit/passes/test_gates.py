@@ -179,3 +179,18 @@ def test_second_box_gate_drops_the_hair_track_only():
     tracks = pa.table({"track_id": ["hair", "man"]})
     gated = apply_gates(tracks, faces, GateThresholds(0.5, 40.0, 10.0, 0.0))
     assert gated.column("drop_reason").to_pylist() == ["second_box", None]
+
+
+def test_gates_judge_a_chain_of_pieces_as_one_appearance():
+    """A shot cut for length leaves pieces of one appearance; pooled, their evidence is the unsplit track's:
+    a 38 px piece of a 45 px face is not `small` on its own when it continues that face."""
+    rows = [("a", n, (600 + 5 * n, 660, 45), 0.9) for n in range(3)] + [("b", 3, (615, 660, 38), 0.9)]
+    faces = _faces_at(rows)
+    faces = faces.append_column("face_px", pa.array([45.0, 45.0, 45.0, 38.0], pa.float32()))
+    faces = faces.append_column("sharpness", pa.array([100.0] * 4, pa.float32()))
+    faces = faces.append_column("landmarks", pa.nulls(4, pa.list_(pa.float32(), 10)))
+    tracks = pa.table({"track_id": ["a", "b"]})
+    thresholds = GateThresholds(0.5, 40.0, 10.0, 0.0)
+    assert apply_gates(tracks, faces, thresholds).column("drop_reason").to_pylist() == [None, "small"]
+    pooled = apply_gates(tracks, faces, thresholds, {"a": "a", "b": "a"})
+    assert pooled.column("drop_reason").to_pylist() == [None, None]
