@@ -17,10 +17,10 @@ table (``benchmarks/gpu_check.sh`` runs it with the training step on one GPU).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from benchmarks import median_seconds
 from benchmarks.train_step import _random_inputs
 from harmoview.model.config import VIEW_SLOTS, get_config
 from harmoview.model.weights import build_model, diffusers_config, to_layout
@@ -28,19 +28,15 @@ from harmoview.model.weights import build_model, diffusers_config, to_layout
 
 def _median_forward_s(run, device: torch.device, args: argparse.Namespace) -> tuple[float, torch.Tensor]:
     """Median seconds of ``run()`` after --warmup calls, and its last output."""
-    cuda, times, out = device.type == "cuda", [], None
+    outputs = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-        for i in range(args.warmup + args.steps):
-            if cuda:
-                torch.cuda.synchronize()
-                if i == args.warmup:
-                    torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            out = run()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return sorted(times[args.warmup :])[args.steps // 2], out.float()
+        step_s = median_seconds(
+            lambda: outputs.append(run()),
+            cuda=device.type == "cuda",
+            warmup=args.warmup,
+            steps=args.steps,
+        )
+    return step_s, outputs[-1].float()
 
 
 def main(argv: list[str] | None = None) -> None:

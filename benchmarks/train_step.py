@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks import median_seconds
 from harmoview.data.dataset import SampleIndex, TrainDataset
 from harmoview.flow import flow_loss
 from harmoview.model.config import VIEW_SLOTS, get_config
@@ -186,23 +187,17 @@ def _random_inputs(config, args: argparse.Namespace, device: torch.device, laten
 
 def _median_step_s(model, inputs: tuple, target: torch.Tensor, args: argparse.Namespace) -> float:
     """Median time of forward + backward + AdamW after --warmup steps; peak memory counts the timed steps."""
-    cuda, bf16 = inputs[0].device.type == "cuda", args.dtype == "bf16"
-    optimizer, times = build_optimizer(model, 1e-5, 0.0, (0.9, 0.999)), []
-    for i in range(args.warmup + args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-            if i == args.warmup:
-                torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
+    bf16 = args.dtype == "bf16"
+    optimizer = build_optimizer(model, 1e-5, 0.0, (0.9, 0.999))
+
+    def step() -> None:
         with torch.autocast(inputs[0].device.type, dtype=torch.bfloat16, enabled=bf16):
             prediction = model(*inputs)  # (B, C, f, h, w)
         flow_loss(prediction, target).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times[args.warmup :])[args.steps // 2]
+
+    return median_seconds(step, cuda=inputs[0].device.type == "cuda", warmup=args.warmup, steps=args.steps)
 
 
 def synthetic(args: argparse.Namespace) -> None:

@@ -38,6 +38,12 @@ def run_datakit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
     )
 
 
+def build_args(src: Path, out: Path, *extra: str) -> list[str]:
+    """The arguments of a quiet one-worker ``datakit build`` of ``src`` into ``out`` with the shared models."""
+    common = ["--models-dir", str(MODELS), "--workers", "1", "--quiet"]
+    return ["build", "--src", str(src), "--out", str(out), *common, *extra]
+
+
 _BUILD_CHILD = """
 import json, sys
 from datakit import BuildConfig

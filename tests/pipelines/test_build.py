@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datakit.schema import PIPELINE_VERSION
-from tests.conftest import MODELS, STILLS, VIDEOS, build_in_subprocess, run_datakit
+from tests.conftest import MODELS, STILLS, VIDEOS, build_args, build_in_subprocess, run_datakit
 
 pytestmark = pytest.mark.slow
 
@@ -263,22 +263,6 @@ def test_a_video_that_crashes_its_worker_is_recorded_and_the_run_finishes(tmp_pa
     assert [e["error_type"] for e in errors] == ["WorkerCrash"]
 
 
-def _build_cmd(src: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build",
-        "--src",
-        str(src),
-        "--out",
-        str(out),
-        "--models-dir",
-        str(MODELS),
-        "--workers",
-        "1",
-        "--quiet",
-        *extra,
-    ]
-
-
 def _linked_src(folder: Path, names: tuple[str, ...]) -> Path:
     folder.mkdir()
     for name in names:
@@ -314,21 +298,21 @@ def test_out_with_user_files_is_refused_and_user_entries_beside_a_run_are_left_a
     _add_user_entries(thesis)
     (thesis / "chapter1.tex").write_text("mine")
     for extra in ((), ("--overwrite",)):
-        proc = run_datakit(*_build_cmd(src, thesis, *extra))
+        proc = run_datakit(*build_args(src, thesis, *extra))
         assert proc.returncode == 1, proc.stderr[-2000:]
         assert "not a datakit run" in proc.stderr and "'.a.old/'" in proc.stderr and "Traceback" not in proc.stderr
         assert sorted(p.name for p in thesis.iterdir()) == sorted([*USER_ENTRIES, "chapter1.tex"])
         assert set(_user_entries(thesis).values()) == {"mine"}
 
     out = tmp_path / "run"
-    assert run_datakit(*_build_cmd(src, out)).returncode == 0
+    assert run_datakit(*build_args(src, out)).returncode == 0
     _add_user_entries(out)  # the user's entries beside a run, and what killed datakit processes left
     stale = (out / ".datakit-new-_index.0a1b2c3d", out / "faces" / ".datakit-tmp-v_x.parquet.0a1b2c3d")
     for folder in stale:
         folder.mkdir()  # folders under file-like temporary names: what crashed `build` with IsADirectoryError
     samples = pq.read_table(out / "samples").num_rows
     for extra in ((), ("--overwrite",)):
-        proc = run_datakit(*_build_cmd(src, out, *extra))
+        proc = run_datakit(*build_args(src, out, *extra))
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert set(_user_entries(out).values()) == {"mine"}
         assert not any(p.exists() for p in stale)
@@ -339,7 +323,7 @@ def test_a_second_writer_on_the_same_out_is_refused_with_the_pid_and_kill_9_leav
     src = _linked_src(tmp_path / "src", ("single_face.mp4", "cisco_two_people.mp4", "carphone_qcif.mp4"))
     out = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "datakit.cli", *_build_cmd(src, out)],
+        [sys.executable, "-m", "datakit.cli", *build_args(src, out)],
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -352,7 +336,7 @@ def test_a_second_writer_on_the_same_out_is_refused_with_the_pid_and_kill_9_leav
         ):
             assert first.poll() is None and time.time() < deadline, "the first build ended before it held the lock"
             time.sleep(0.1)
-        for command in (_build_cmd(src, out), _build_cmd(src, out, "--overwrite"), ["filter", "-m", str(out)]):
+        for command in (build_args(src, out), build_args(src, out, "--overwrite"), ["filter", "-m", str(out)]):
             proc = run_datakit(*command)
             assert proc.returncode == 1, proc.stderr[-2000:]
             assert f"is in use by datakit pid {first.pid} (build" in proc.stderr, proc.stderr[-2000:]
@@ -361,6 +345,6 @@ def test_a_second_writer_on_the_same_out_is_refused_with_the_pid_and_kill_9_leav
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started
         first.wait()
-    proc = run_datakit(*_build_cmd(src, out))  # the lock died with its holder
+    proc = run_datakit(*build_args(src, out))  # the lock died with its holder
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pq.read_table(out / "videos").num_rows == 3

@@ -20,7 +20,7 @@ from datakit.config import BuildConfig
 from datakit.faces import build_face_stack
 from datakit.store import RunDir
 from pipelines.resume import RunConflictError, check_resume, reconcile_source
-from tests.conftest import MODELS, VIDEOS, build_in_subprocess, run_datakit
+from tests.conftest import MODELS, VIDEOS, build_args, build_in_subprocess, run_datakit
 
 SUBSET = (
     "obama_weekly_address_1.mp4",
@@ -46,21 +46,7 @@ def _ids(run) -> dict[str, list[str]]:
 
 
 def _command(src, out) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "datakit.cli",
-        "build",
-        "--src",
-        str(src),
-        "--out",
-        str(out),
-        "--models-dir",
-        str(MODELS),
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    return [sys.executable, "-m", "datakit.cli", *build_args(src, out)]
 
 
 @pytest.mark.slow
@@ -214,7 +200,7 @@ def test_a_missing_or_torn_file_is_named_by_the_readers_and_redone_on_resume(sma
         assert "rerun `datakit build" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "report").exists() and not (run / "splits").exists()
 
-    rerun = run_datakit(*_command(src, run)[3:], timeout=600)
+    rerun = run_datakit(*build_args(src, run), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "1 videos redone: files missing or torn" in rerun.stdout and problem in rerun.stdout
     assert "1 already done" in rerun.stdout  # the other video was not redone
@@ -231,14 +217,14 @@ def test_resume_with_another_src_is_refused_and_reconcile_src_removes_the_missin
     fewer = tmp_path / "fewer"
     fewer.mkdir()
     os.symlink(VIDEOS / "single_face.mp4", fewer / "single_face.mp4")
-    refused = run_datakit(*_command(fewer, run)[3:])
+    refused = run_datakit(*build_args(fewer, run))
     assert refused.returncode == 1
     assert f"built from --src {src.resolve()}, this build reads {fewer.resolve()}" in refused.stderr, refused.stderr
     assert (run / "faces" / f"{gone}.parquet").exists() and json.loads((run / "run.json").read_text())["config"][
         "src"
     ] == str(src)
 
-    proc = run_datakit(*_command(fewer, run)[3:], "--reconcile-src", timeout=600)
+    proc = run_datakit(*build_args(fewer, run), "--reconcile-src", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 videos removed from the run: no longer in --src" in proc.stdout
     assert pq.read_table(run / "videos")["video_id"].to_pylist() == [kept]
