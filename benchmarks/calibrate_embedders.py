@@ -470,7 +470,7 @@ def _chains(run: Path, tracks) -> dict[str, str]:
     clips = ds.dataset(run / "clips").to_table()
     faces = ds.dataset(run / "faces").to_table(columns=["track_id", "t_s", "bbox"])
     gates = Continuity(cfg["track_max_gap_s"], cfg["track_max_shift"], cfg["track_max_scale"], cfg["sample_fps"])
-    codes = split_chains(tracks, faces, length_splits(clips, cfg["max_clip_s"]), gates)
+    codes = split_chains(tracks, faces, length_splits(clips), gates)
     ids = tracks.column("track_id").to_pylist()
     return {t: ids[c] for t, c in zip(ids, codes, strict=True)}
 

@@ -8,6 +8,9 @@ Each configuration runs in a fresh subprocess (its own local Ray), into a fresh 
 
 ``--corpus DIR`` also benchmarks a folder of long videos; ``--make-corpus`` first derives one with
 ``benchmarks.make_corpus`` (about 10 minutes of footage, one 5.5-minute file) into a temporary folder.
+``--single-shot`` also benchmarks one long single shot (issue 18: pexels_woman_expressions.mp4 looped 13
+times, 256 s, split into segments at its length splits) alone and next to the other shipped videos: the
+first pass, each worker's busy time and its longest wait for work.
 
 Printed for each footage set, for 1 and 2 Ray workers:
 - per-stage seconds summed over videos (decode, shots, detect, pose, chip, embed, ...), global passes;
@@ -177,7 +180,17 @@ ROWS = {
     "busiest worker: start-up + calls s": lambda w, r: r["actors"]["busy_max_s"],
     "stage wall - busiest worker s (Ray Data)": lambda w, r: r["video_stage_wall_s"] - r["actors"]["busy_max_s"],
     "peak worker memory MB (max RSS)": lambda w, r: r["actors"]["rss_mb"],
+    "first pass s (long videos)": lambda w, r: r["summary"]["stage_seconds"].get("first_pass", 0.0),
+    "worker busy max / min": lambda w, r: _busy_ratio(r),
+    "longest wait for work of a worker s": lambda w, r: max(
+        (v.get("max_idle_s", 0.0) for v in r["summary"]["workers"].values()), default=0.0
+    ),
 }
+
+
+def _busy_ratio(r: dict) -> float:
+    busy = [v["busy_s"] for v in r["summary"]["workers"].values()]
+    return max(busy) / max(min(busy), 1e-9) if busy else 0.0
 
 
 def print_table(results: dict[int, dict]) -> None:
@@ -207,6 +220,7 @@ def main() -> None:
     parser.add_argument("--make-corpus", action="store_true", help="derive a corpus (benchmarks.make_corpus) first")
     parser.add_argument("--seed", type=int, default=11, help="corpus seed for --make-corpus")
     parser.add_argument("--no-shipped", action="store_true", help="skip the shipped footage")
+    parser.add_argument("--single-shot", action="store_true", help="also one 256 s single shot, alone and with others")
     args = parser.parse_args()
     sets: dict[str, Path] = {} if args.no_shipped else {"shipped": args.src}
     corpus_dir = None
@@ -220,6 +234,8 @@ def main() -> None:
         sets["corpus"] = corpus_dir
     elif args.corpus:
         sets["corpus"] = args.corpus
+    if args.single_shot:
+        sets.update(_single_shot_sets(args.src))
     print(
         f"# datakit build benchmark - {time.strftime('%Y-%m-%d')} - {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, {platform.python_version()}"
@@ -256,6 +272,9 @@ def main() -> None:
             "frames/s (decoded, per-video stage)",
             "faces/s (per-video stage)",
             "peak worker memory MB (max RSS)",
+            "first pass s (long videos)",
+            "worker busy max / min",
+            "longest wait for work of a worker s",
         )
         for row in keep:
             print(f"| {row} | " + " | ".join(f"{ROWS[row](w, all_results[n][w]):.2f}" for n, w in cols) + " |")
@@ -272,6 +291,22 @@ def main() -> None:
                 )
     if corpus_dir is not None:
         print(f"\n(corpus left in {corpus_dir}; delete it when done)")
+
+
+def _single_shot_sets(src: Path) -> dict[str, Path]:
+    """Issue 18's footage: the 256 s single shot alone, and next to the other shipped videos (symlinks)."""
+    from benchmarks.make_corpus import make_looped_video
+
+    root = Path(tempfile.mkdtemp(prefix="datakit_single_shot_"))
+    alone, mixed = root / "single_shot", root / "single_shot_and_short"
+    alone.mkdir()
+    mixed.mkdir()
+    make_looped_video(alone / "interview.mp4", src / "pexels_woman_expressions.mp4", 13)
+    (mixed / "interview.mp4").symlink_to(alone / "interview.mp4")
+    for p in sorted(src.iterdir()):
+        if p.name != "pexels_woman_expressions.mp4":
+            (mixed / p.name).symlink_to(p.resolve())
+    return {"single shot": alone, "single shot + short": mixed}
 
 
 def _durations(src: Path) -> list[float]:

@@ -195,6 +195,25 @@ def make_corpus(src: Path, out: Path, seed: int = 11, jobs: int = 2) -> list[dic
         return [futures[spec.name].result() for spec in SPECS]
 
 
+def make_looped_video(path: Path, src: Path, times: int) -> Path:
+    """``src`` played ``times`` times in a row, as a newcomer makes a long single-shot video (issue 18: the
+    shipped pexels_woman_expressions.mp4 x 13 = 256 s, one shot: the loop seam is no cut): its packets copied
+    (no re-encode) with shifted timestamps."""
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        packets = [p for p in inp.demux(stream) if p.size]
+        span = max(p.pts + p.duration for p in packets) - min(p.pts for p in packets)
+        with av.open(str(path), "w") as out:
+            copy = out.add_stream_from_template(stream)
+            for k in range(times):
+                for p in packets:
+                    q = av.Packet(bytes(p))
+                    q.pts, q.dts, q.duration, q.time_base = p.pts + k * span, p.dts + k * span, p.duration, p.time_base
+                    q.is_keyframe, q.stream = p.is_keyframe, copy
+                    out.mux(q)
+    return path
+
+
 def describe(files: list[dict]) -> str:
     """A Markdown table of the corpus files and a total line."""
     lines = ["| file | size | fps | CRF | duration s | frames | MB | pieces |", "|---|---|---|---|---|---|---|---|"]

@@ -138,11 +138,12 @@ class BuildConfig:
     caption_retry_backoff_s: float = 1.0  #: openai: first backoff; doubles on each retry
     # --- end captions ---
     # --- long videos (intra-video parallelism) ---
-    #: a video longer than this (s, from the probe) is split: a cheap first pass finds its shots, then segments
-    #: of whole shots run as separate work items on every worker, with the ids of an unsplit run
+    #: a video longer than this (s, from the probe) is split: a cheap first pass finds its clips, then segments
+    #: of whole clips run as separate work items on every worker, with the tables of an unsplit run
     #: (datakit/video/segments.py); None or 0 = never split (one video, one work item)
     segment_min_s: float | None = 180.0
-    #: target length (s) of a segment of a long video; a shot longer than this is a segment of its own
+    #: target length (s) of a segment of a long video (segments start at clip starts: a single long shot
+    #: splits at its ``max_clip_s`` length splits)
     segment_s: float = 60.0
     # --- end long videos ---
     overwrite: bool = False  #: start over instead of resuming

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = "1.0"
-PIPELINE_VERSION = "datakit-0.4.0"
+PIPELINE_VERSION = "datakit-0.5.0"
 
 #: Reference view slots / view bins, in the model's slot order (see datakit.views).
 VIEWS: tuple[str, ...] = ("frontal", "left", "right", "left_profile", "right_profile")
@@ -54,6 +54,9 @@ CLIPS = _with_version(
         pa.field("start_frame", pa.int64(), nullable=False),
         pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
         pa.field("num_frames", pa.int64(), nullable=False),
+        # The shot of the clip within its video (0, 1, ...): consecutive clips of one shot were split for length
+        # (datakit.video.shots.ClipCutter), not by a cut, and one person's track pieces join across them.
+        pa.field("shot", pa.int32(), nullable=False),
         pa.field("num_faces", pa.int32(), nullable=False),
         pa.field("num_tracks", pa.int32(), nullable=False),
         # Quality scores: per-video measures (datakit.video.quality), open_clip ones (datakit.clips.scores).

@@ -1,17 +1,21 @@
-"""Long videos on Ray: plan their segments before the per-video stage, write their row after it.
+"""Long videos on Ray: planned while the other videos run, their segments work items like any video.
 
-A video longer than ``segment_min_s`` first gets a first pass as a Ray task (datakit.video.segments: shots
-and pts map, stored as ``_plan/<video_id>.json``); its segments of whole shots are then work items of the
-per-video stage like the other videos (pipelines.video_pool), each committed with its own marker. Once its
-last segment is in, the driver writes the video's ``videos`` row and marker (:func:`finish_split_video`).
+A video longer than ``segment_min_s`` enters the per-video stage as one *plan* item (``segment`` =
+:data:`PLAN`). A Ray Data ``flat_map`` ahead of the worker pool (:func:`plan_rows`) runs its first pass
+(datakit.video.segments: clips and pts map, stored as ``_plan/<video_id>.json``) and hands the workers one
+item per segment instead, or the video itself when it is not split (the row's ``note`` says why). The
+first passes run beside the workers (a sequential decode that needs no model, at most
+:func:`planner_concurrency` at a time), and the plan items come last in the stream, so the workers take
+the short videos while long ones are being planned: no worker waits for a first pass while there is other
+work. A plan from an earlier (killed) run is reused; its segments' markers refer to it.
+
+Each segment is committed with its own marker. Once a video's last segment is in, the driver writes its
+``videos`` row and marker (:func:`finish_split_video`), with how many segments ran on how many workers.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-
-import ray
+import math
 
 from datakit.config import BuildConfig
 from datakit.store import RunDir
@@ -20,37 +24,22 @@ from datakit.video.discover import SourceFile
 from datakit.video.rows import probe_columns, videos_row, videos_table
 from datakit.video.segments import Plan, first_pass
 
-__all__ = ["finish_split_video", "plan_long_videos"]
+__all__ = ["PLAN", "finish_split_video", "is_long", "load_plans", "plan_rows", "planner_concurrency"]
+
+PLAN = -2  #: the ``segment`` of a work item that is a long video still to plan (-1: a whole video)
 
 
-def plan_long_videos(
-    cfg: BuildConfig, run: RunDir, todo: list[SourceFile], timings: dict
-) -> tuple[dict[str, Plan], dict[str, str]]:
-    """The plans of the long videos to split (loaded from an earlier run, else made by a first pass on Ray),
-    and why a long video is not split (it then runs as one item). Adds the first passes' seconds to
-    ``timings``."""
+def load_plans(run: RunDir, todo: list[SourceFile]) -> dict[str, Plan]:
+    """The plans an earlier (killed) run of this folder left (without their pts maps)."""
     plans: dict[str, Plan] = {}
-    notes: dict[str, str] = {}
-    needed: list[SourceFile] = []
     for s in todo:
         path = run.plan_path(s.video_id)
-        if path.exists():  # an earlier (killed) run's plan: its segment markers refer to it
-            _file_plan(s.video_id, Plan.load(path, with_pts=False), plans, notes)
-        elif _is_long(s, cfg):
-            needed.append(s)
-    if needed:
-        t0 = time.perf_counter()
-        for plan in _first_passes(cfg, needed):
-            plan.save(run.plan_path(plan.video_id))
-            if plan.split:
-                plan.pts = []  # the workers read it from the run folder
-            _file_plan(plan.video_id, plan, plans, notes)
-            timings["first_pass"] = timings.get("first_pass", 0.0) + plan.seconds
-        timings["first_pass_wall"] = time.perf_counter() - t0
-    return plans, notes
+        if path.exists():
+            plans[s.video_id] = Plan.load(path, with_pts=False)
+    return plans
 
 
-def _is_long(src: SourceFile, cfg: BuildConfig) -> bool:
+def is_long(src: SourceFile, cfg: BuildConfig) -> bool:
     """Whether a video is long enough to be split (a file that cannot be probed is not: the single-item
     path records why)."""
     if src.kind != "video" or not cfg.segment_min_s:
@@ -62,35 +51,41 @@ def _is_long(src: SourceFile, cfg: BuildConfig) -> bool:
     return bool(info.duration_s and info.duration_s > cfg.segment_min_s)
 
 
-def _file_plan(video_id: str, plan: Plan, plans: dict[str, Plan], notes: dict[str, str]) -> None:
-    if plan.split:
-        plans[video_id] = plan
-    else:
-        notes[video_id] = f"not split: {plan.reason}"
+def planner_concurrency(workers: int) -> int:
+    """First passes at once: one per four workers (at least one). A first pass costs ~1/6 of what the
+    workers spend on the same video (BENCHMARKS.md), so this keeps the segments coming without starving the
+    workers of CPU."""
+    return max(1, math.ceil(workers / 4))
 
 
-def _first_passes(cfg: BuildConfig, videos: list[SourceFile]) -> Iterator[Plan]:
-    """The first passes of ``videos``, one Ray task each, yielded as they finish."""
-    task = ray.remote(num_cpus=1)(_first_pass_task)
-    remaining = [task.remote(str(s.path), s.video_id, cfg) for s in videos]
-    while remaining:
-        ready, remaining = ray.wait(remaining, num_returns=1)
-        yield ray.get(ready[0])
+def plan_rows(row: dict, cfg: BuildConfig) -> list[dict]:
+    """Ray Data ``flat_map``: a plan item becomes one work item per segment of its video (its first pass
+    stored in the run folder), or the whole video when it is not split; other items pass through."""
+    if row["segment"] != PLAN:
+        return [row]
+    run = RunDir(cfg.out)
+    plan = _first_pass(row["path"], row["video_id"], cfg)
+    plan.save(run.plan_path(plan.video_id))
+    if not plan.split:
+        return [{**row, "segment": -1, "note": f"not split: {plan.reason}"}]
+    return [{**row, "segment": n} for n in range(len(plan.segments))]
 
 
-def _first_pass_task(path: str, video_id: str, cfg: BuildConfig) -> Plan:
-    """Ray task: a long video's first pass (datakit.video.segments); never raises (a failure means: not split)."""
+def _first_pass(path: str, video_id: str, cfg: BuildConfig) -> Plan:
+    """A long video's first pass; never raises (a failure means: not split, and the whole-video path
+    records the error properly)."""
     try:
         info = probe(path)
         plan = first_pass(path, video_id, info, cfg)
-    except Exception as err:  # the single-item path then records the error properly
+    except Exception as err:
         return Plan(video_id, False, reason=f"first pass failed: {type(err).__name__}: {err}")
     plan.videos_row = probe_columns(info)
     return plan
 
 
-def finish_split_video(run: RunDir, src: SourceFile, plan: Plan) -> None:
-    """Every segment of a long video is committed: write its ``videos`` row and its marker."""
+def finish_split_video(run: RunDir, src: SourceFile, plan: Plan) -> dict:
+    """Every segment of a long video is committed: write its ``videos`` row and its marker; returns the
+    marker's summary (segments, the workers they ran on, first-pass seconds)."""
     segs = [run.segment_summary(src.video_id, n) for n in range(len(plan.segments))]
     errors = [s["error"] for s in segs if s.get("error")]
     num_faces = sum(s["num_faces"] for s in segs)
@@ -116,6 +111,8 @@ def finish_split_video(run: RunDir, src: SourceFile, plan: Plan) -> None:
         "num_faces": num_faces,
         "seconds": seconds,
         "segments": len(segs),
+        "workers": sorted({s["worker"] for s in segs if s.get("worker")}),
         "first_pass_s": plan.seconds,
     }
     run.finish_split_video(src.video_id, videos_table(row), summary)
+    return summary

@@ -4,7 +4,7 @@ pool (resources, block count, actor count) from what a stage declares."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import ray
@@ -39,12 +39,16 @@ def actor_pool(
     num_actors: int = 1,
     num_gpus: int = 0,
     env: Mapping[str, str] | None = None,
+    prepare: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None,
+    expected_items: int | None = None,
 ) -> ray.data.Dataset:
     """``items`` through a pool of ``worker`` actors (a Ray Data callable class, given ``cfg`` here).
 
     One CPU per actor (plus ``num_gpus``); ``env``: environment variables of the actor processes. The
     items are cut into blocks of ``batch_size`` so that every actor gets work from the start, and no more
-    actors start than there are blocks. The dataset is lazy: iterating it runs the pool.
+    actors start than there are blocks. ``prepare``: steps of the item dataset ahead of the pool (e.g. a
+    ``flat_map`` that turns one item into several; ``expected_items``: how many items then reach the pool,
+    at most). The dataset is lazy: iterating it runs the pool.
     """
     init_ray(cfg)
     blocks = max(1, math.ceil(len(items) / batch_size))
@@ -53,9 +57,12 @@ def actor_pool(
         resources["num_gpus"] = num_gpus
     if env:
         resources["runtime_env"] = {"env_vars": dict(env)}
-    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    if prepare is not None:
+        ds = prepare(ds)
+    return ds.map_batches(
         bind_config(worker, cfg),
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=min(num_actors, blocks)),
+        compute=ray.data.ActorPoolStrategy(size=min(num_actors, max(blocks, expected_items or 0))),
         **resources,
     )

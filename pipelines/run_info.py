@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -163,8 +164,14 @@ class BuildSummary:
                 f"  long videos: {lv.get('split', 0)} split into {lv.get('segments', 0)} segments"
                 + "".join(f"; {n} not split ({why})" for why, n in lv.get("not_split", {}).items())
             )
+            for path, v in lv.get("videos", {}).items():
+                first = f"first pass {v['first_pass_s']:.1f} s"
+                lines.append(f"    {path}: {v['segments']} segments on {v['workers']} workers ({first})")
         if self.workers:
-            busy = ", ".join(f"{w['busy_s']:.1f} s" for w in self.workers.values())
+            busy = ", ".join(
+                f"{w['busy_s']:.1f} s" + (f" (longest wait {w['max_idle_s']:.1f} s)" if "max_idle_s" in w else "")
+                for w in self.workers.values()
+            )
             lines.append(f"  workers    : {len(self.workers)} busy ({busy})")
         if self.stage_seconds.get("worker_peak_rss_mb"):
             lines.append(f"  memory     : peak worker RSS {self.stage_seconds['worker_peak_rss_mb']:.0f} MB")
@@ -194,12 +201,28 @@ class BuildSummary:
 
 
 def _long_videos(run: RunDir) -> dict:
-    """Counts from the first-pass plans of the long videos (``_plan/<video_id>.json``, small files)."""
+    """Counts from the first-pass plans of the long videos (``_plan/<video_id>.json``, small files), and per
+    split video its segments, the workers they ran on and its first pass (from the video's marker)."""
     folder = run.root / "_plan"
     plans = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
     split = [p for p in plans if p.get("split")]
     not_split = Counter(p.get("reason", "") for p in plans if not p.get("split"))
-    return {"split": len(split), "segments": sum(len(p["segments"]) for p in split), "not_split": dict(not_split)}
+    videos = {}
+    for p in split:
+        vid = str(p.get("video_id", ""))
+        marker = run.marker(vid) if re.fullmatch(r"[A-Za-z0-9_]+", vid) else None  # a plan file is untrusted
+        done = json.loads(marker.read_text()) if marker is not None and marker.is_file() else {}
+        videos[done.get("path", p.get("video_id"))] = {
+            "segments": len(p["segments"]),
+            "workers": len(done.get("workers", [])),
+            "first_pass_s": round(float(p.get("seconds", 0.0)), 2),
+        }
+    return {
+        "split": len(split),
+        "segments": sum(len(p["segments"]) for p in split),
+        "not_split": dict(not_split),
+        "videos": videos,
+    }
 
 
 def _shared_contexts(clips) -> int:

@@ -28,7 +28,7 @@ from datakit.video.decode import VideoError
 from datakit.video.discover import SourceFile
 from datakit.video.job import VideoOutput, failed_output, process_segment, process_video
 from datakit.video.segments import Plan
-from pipelines.long_videos import finish_split_video, plan_long_videos
+from pipelines.long_videos import PLAN, finish_split_video, is_long, load_plans, plan_rows, planner_concurrency
 from pipelines.pools import actor_pool
 from pipelines.ray_runtime import init_ray
 
@@ -49,6 +49,8 @@ _RESULT_COLUMNS = (
     "peak_rss_mb",
     "worker",
     "busy_s",
+    "started",
+    "ended",
 )
 #: one CPU per actor: keep BLAS/OpenMP pools (dlib, onnxruntime) from oversubscribing the node
 _ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -106,15 +108,16 @@ class VideoWorker:
     def _run_item(self, batch: dict, i: int) -> dict:
         src = _source(batch, i)
         seg_no = int(batch["segment"][i]) if "segment" in batch else -1
-        started = time.perf_counter()
+        started, t0 = time.time(), time.perf_counter()
         result = self._result(src, seg_no)
         summary = self._commit(src, seg_no, result, note=str(batch["note"][i]) if "note" in batch else "")
         return {
             **summary,
             "seconds": json.dumps(summary["seconds"]),
-            # which worker process did it, and how long it was busy on it (run.json: summary.workers)
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-            "busy_s": time.perf_counter() - started,
+            # how long this worker was busy on it, and when (run.json: summary.workers)
+            "busy_s": time.perf_counter() - t0,
+            "started": started,
+            "ended": time.time(),
         }
 
     def _result(self, src: SourceFile, seg_no: int) -> VideoOutput:
@@ -145,6 +148,7 @@ class VideoWorker:
             "seconds": result.seconds,
             # peak resident memory of this worker process so far (Linux: KiB)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker": f"{socket.gethostname()}:{os.getpid()}",  # which worker process did it
         }
         if result.note or note:
             summary["note"] = result.note or note
@@ -203,27 +207,27 @@ def run_videos(
         return timings
     init_ray(cfg)
     run = RunDir(cfg.out)
-    plans, notes = plan_long_videos(cfg, run, todo, timings)
-    items, pending = _work_items(run, todo, plans, notes)
+    plans = load_plans(run, todo)
+    items = _work_items(run, todo, plans, cfg)
     busy = workers_busy if workers_busy is not None else {}
     bar = tqdm(total=total, initial=already, desc="videos", unit="video", disable=not progress)
-    tally = _Tally(run, bar, {s.video_id: s for s in todo}, plans, pending, timings, busy)
-    for vid in [v for v, n in pending.items() if n == 0]:  # killed after its last segment, before its row
-        tally.finish(vid)
+    tally = _Tally(run, bar, {s.video_id: s for s in todo}, timings, busy)
+    for plan in plans.values():  # a killed run's plans; finishes videos killed after their last segment
+        tally.plan_seen(plan)
     if items:
         for row in _stream(cfg, items).iter_rows():
             tally.add(row)
+    tally.close()
     bar.close()
     return timings
 
 
-def _work_items(
-    run: RunDir, todo: list[SourceFile], plans: dict[str, Plan], notes: dict[str, str]
-) -> tuple[list[dict], dict[str, int]]:
-    """The rows handed to the actors (a video, or each segment of a split one not yet committed), and per
-    split video the number of its segments still to run."""
+def _work_items(run: RunDir, todo: list[SourceFile], plans: dict[str, Plan], cfg: BuildConfig) -> list[dict]:
+    """The rows handed to the stage, in order: whole videos and the segments of planned videos not yet
+    committed, biggest first (long work starts early instead of becoming the tail), then the long videos
+    still to plan (pipelines.long_videos: planned beside the workers, which meanwhile take the rest)."""
     items: list[dict] = []
-    pending: dict[str, int] = {}
+    to_plan: list[dict] = []
     for s in todo:
         base = {
             "path": str(s.path),
@@ -232,59 +236,89 @@ def _work_items(
             "size_bytes": s.size_bytes,
             "kind": s.kind,
             "problem": s.problem,
-            "note": notes.get(s.video_id, ""),
+            "note": "",
         }
         plan = plans.get(s.video_id)
-        if plan is None:
+        if plan is not None and plan.split:
+            done = run.done_segments(s.video_id)
+            items.extend({**base, "segment": n} for n in range(len(plan.segments)) if n not in done)
+        elif plan is not None:
+            items.append({**base, "segment": -1, "note": f"not split: {plan.reason}"})
+        elif is_long(s, cfg):
+            to_plan.append({**base, "segment": PLAN})
+        else:
             items.append({**base, "segment": -1})
-            continue
-        done = run.done_segments(s.video_id)
-        left = [n for n in range(len(plan.segments)) if n not in done]
-        pending[s.video_id] = len(left)
-        items.extend({**base, "segment": n} for n in left)
-    return items, pending
+    order = lambda r: (-r["size_bytes"], r["video_id"], r["segment"])  # noqa: E731
+    return sorted(items, key=order) + sorted(to_plan, key=order)
 
 
 def _stream(cfg: BuildConfig, items: list[dict]) -> ray.data.Dataset:
-    """The work items through a pool of :class:`VideoWorker` actors, one item per call."""
-    # Biggest first: the long videos start early instead of becoming the tail of the run.
-    items.sort(key=lambda r: (-r["size_bytes"], r["video_id"], r["segment"]))
+    """The work items through a pool of :class:`VideoWorker` actors, one item per call; plan items are
+    expanded into their segments on the way (:func:`pipelines.long_videos.plan_rows`)."""
     workers = cfg.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-    return actor_pool(VideoWorker, cfg, items, batch_size=1, num_actors=workers, env=_ONE_THREAD)
+
+    def expand(ds: ray.data.Dataset) -> ray.data.Dataset:
+        if not any(r["segment"] == PLAN for r in items):
+            return ds
+        # One row per block: a plan item's segments then go to every worker, not as one block to one of them
+        # (this dataset's context only).
+        ds.context.target_max_block_size = 1
+        # num_cpus=0: beside the workers, which hold the CPUs (a first pass is light next to them)
+        return ds.flat_map(plan_rows, fn_kwargs={"cfg": cfg}, num_cpus=0, concurrency=planner_concurrency(workers))
+
+    # a plan item may become as many segments as there are workers, or more
+    expected = sum(workers if r["segment"] == PLAN else 1 for r in items)
+    pool = {"batch_size": 1, "num_actors": workers, "env": _ONE_THREAD, "prepare": expand, "expected_items": expected}
+    return actor_pool(VideoWorker, cfg, items, **pool)
 
 
 @dataclasses.dataclass(slots=True)
 class _Tally:
-    """The driver's side of the stage: the progress bar, the split videos' segments still out (a video's row
-    is written when its last one is in), and the sums for run.json."""
+    """The driver's side of the stage: the progress bar, the split videos (a video's row is written when its
+    last segment is in), and the sums for run.json."""
 
     run: RunDir
     bar: tqdm
     sources: dict[str, SourceFile]
-    plans: dict[str, Plan]
-    pending: dict[str, int]  # split video id -> segments still to run
     timings: dict[str, float]  # stage seconds summed over items, and the peak worker memory
-    busy: dict[str, dict]  # worker process -> busy seconds, items and videos
+    busy: dict[str, dict]  # worker process -> busy seconds, items, videos, longest idle time
+    plans: dict[str, Plan] = dataclasses.field(default_factory=dict)  # split videos seen
+    finished: set[str] = dataclasses.field(default_factory=set)
+    spans: dict[str, list] = dataclasses.field(default_factory=dict)  # worker -> (started, ended) per item
     seg_total: int = 0
     seg_done: int = 0
 
-    def __post_init__(self) -> None:
-        self.seg_total = sum(len(p.segments) for p in self.plans.values())
-        self.seg_done = self.seg_total - sum(self.pending.values())
+    def plan_seen(self, plan: Plan, *, earlier: bool = True) -> None:
+        """A split video's plan: from an earlier run (its committed segments count as done), or just made by
+        a first pass of this one (its segments are counted as their rows come in)."""
+        if not plan.split or plan.video_id in self.plans:
+            return
+        self.plans[plan.video_id] = plan
+        self.seg_total += len(plan.segments)
+        if earlier:
+            self.seg_done += len(self.run.done_segments(plan.video_id))
+        else:
+            self.timings["first_pass"] = self.timings.get("first_pass", 0.0) + plan.seconds
+        self._finish_if_done(plan.video_id)
 
-    def finish(self, video_id: str) -> None:
+    def _finish_if_done(self, video_id: str) -> None:
         """Every segment of a split video is in: its ``videos`` row and marker."""
-        finish_split_video(self.run, self.sources[video_id], self.plans[video_id])
-        self.bar.update(1)
+        plan = self.plans[video_id]
+        if video_id in self.finished or len(self.run.done_segments(video_id)) < len(plan.segments):
+            return
+        self.finished.add(video_id)
+        if not self.run.marker(video_id).exists():
+            finish_split_video(self.run, self.sources[video_id], plan)
+            self.bar.update(1)
 
     def add(self, row: dict) -> None:
         """One result row of the actors."""
         vid = row["video_id"]
         if row["segment"] >= 0:
+            if vid not in self.plans:  # planned during this stage: its first segment is in
+                self.plan_seen(Plan.load(self.run.plan_path(vid), with_pts=False), earlier=False)
             self.seg_done += 1
-            self.pending[vid] -= 1
-            if self.pending[vid] == 0:
-                self.finish(vid)
+            self._finish_if_done(vid)
         else:
             self.bar.update(1)
         tail = f" (segments {self.seg_done}/{self.seg_total})" if self.seg_total else ""
@@ -298,3 +332,15 @@ class _Tally:
         mine["items"] += 1
         if row["path"] not in mine["videos"]:
             mine["videos"].append(row["path"])
+        self.spans.setdefault(row["worker"], []).append((float(row["started"]), float(row["ended"])))
+
+    def close(self) -> None:
+        """Per worker, the longest time it waited for work between the stage's first start and last end."""
+        if not self.spans:
+            return
+        first = min(a for spans in self.spans.values() for a, _ in spans)
+        last = max(b for spans in self.spans.values() for _, b in spans)
+        for worker, spans in self.spans.items():
+            edges = [first, *(x for span in sorted(spans) for x in span), last]
+            gaps = [b - a for a, b in zip(edges[::2], edges[1::2], strict=True)]
+            self.busy[worker]["max_idle_s"] = round(max(0.0, *gaps), 3)

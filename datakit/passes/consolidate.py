@@ -7,12 +7,9 @@ with one or two faces becomes an "identity" of its own. Three steps, all determi
 by track id) and independent of how the video was cut into work items:
 
 1. **Length splits are not cuts** (:func:`length_splits`, :func:`split_chains`). A shot longer than
-   ``max_clip_s`` is cut into equal pieces by :func:`datakit.video.shots.split_long`; the clips table does
-   not record which boundaries those are, so they are derived: a run of consecutive clips of one video is
-   one split shot when its frame edges are exactly ``linspace(first start, last end, k + 1).round()`` and
-   ``k = ceil(duration / max_clip_s)`` (of overlapping candidate runs, the longest from the earliest clip
-   wins). This is ambiguous only when a real shot next to a split one is as long as its pieces to the
-   frame; then a cut can be taken for a split, and the faces on both sides must still pass the gates below.
+   ``max_clip_s`` is cut every ``max_clip_s`` by :class:`datakit.video.shots.ClipCutter`; consecutive
+   clips of one video with one ``shot`` number are such pieces, and the frame loop restarts its tracker
+   at each of them as at a cut (so that a work item may start there).
    Across such a boundary, a track piece whose last face and one whose first face are consecutive samples
    on either side of it (the pieces the split cut; at most 1.5 / sample_fps apart, as samples fall on
    whole frames: 0.36 s at 3 fps in 25 fps footage) are joined when the tracker's own gates for one step
@@ -22,9 +19,9 @@ by track id) and independent of how the video was cut into work items:
    started by the tracker, not by the split. No velocity: on crowd_walk a passer-by occluding the boy bent
    his box's last step towards the man beside him, and the predicted box then matched the wrong face.
    Pairs are taken greedily by shift (ties by track id), one-to-one; joined pieces form a *chain*. Only
-   boxes and times are used, never the per-video tracker's state, and segments of long videos start only
-   at cuts (:func:`datakit.video.segments.plan_segments`), so a length split lies inside one work item
-   and joins the same in an unsplit or a segmented run.
+   boxes and times are used, never the per-video tracker's state, so a length split joins the same
+   whether it lies inside one work item or between two segments of a long video
+   (:func:`datakit.video.segments.plan_segments`).
    **Fast movers** (:func:`fast_mover_links`). The tracker links one sampling step only within
    ``track_max_shift`` face sizes, and a track's first step has no velocity yet: someone crossing the
    frame faster than that per step (on crowd_walk a woman crossing at ~900 px/s, 3.0 face sizes per 0.36 s
@@ -63,6 +60,7 @@ The groups then seed :func:`datakit.passes.identities.link_identities`, which li
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,38 +119,16 @@ class Continuity:
     sample_fps: float = 3.0
 
 
-def length_splits(clips: pa.Table, max_clip_s: float) -> dict[tuple[str, str], float]:
-    """``(clip before, clip after) -> boundary time (s)`` for the boundaries made by ``split_long``, not by
-    a cut."""
-    out: dict[tuple[str, str], float] = {}
-    if clips.num_rows == 0 or max_clip_s <= 0:
-        return out
-    t = clips.select(["clip_id", "video_id", "start_frame", "end_frame", "start_s", "end_s"]).to_pylist()
+def length_splits(clips: pa.Table) -> dict[tuple[str, str], float]:
+    """``(clip before, clip after) -> boundary time (s)`` for the boundaries made for length, not by a cut:
+    consecutive clips of one video and one ``shot``."""
+    t = clips.select(["clip_id", "video_id", "start_frame", "end_frame", "start_s", "shot"]).to_pylist()
     t.sort(key=lambda r: (r["video_id"], r["start_frame"]))
-    i = 0
-    while i < len(t):
-        best = 1
-        k = 2
-        while i + k <= len(t) and _contiguous(t[i + k - 2], t[i + k - 1]):
-            if _one_split_shot(t[i : i + k], max_clip_s):
-                best = k
-            k += 1
-        out.update(((t[j]["clip_id"], t[j + 1]["clip_id"]), t[j + 1]["start_s"]) for j in range(i, i + best - 1))
-        i += best
-    return out
-
-
-def _contiguous(a: dict, b: dict) -> bool:
-    return a["video_id"] == b["video_id"] and a["end_frame"] == b["start_frame"]
-
-
-def _one_split_shot(run: list[dict], max_clip_s: float) -> bool:
-    """Whether ``run`` is exactly what ``split_long`` makes of one shot (frame edges and piece count)."""
-    k = len(run)
-    edges = [r["start_frame"] for r in run] + [run[-1]["end_frame"]]
-    expected = np.linspace(edges[0], edges[-1], k + 1).round().astype(int).tolist()
-    ratio = (run[-1]["end_s"] - run[0]["start_s"]) / max_clip_s
-    return edges == expected and k - 1 + 1e-9 < ratio <= k + 1e-6
+    return {
+        (a["clip_id"], b["clip_id"]): b["start_s"]
+        for a, b in itertools.pairwise(t)
+        if a["video_id"] == b["video_id"] and a["shot"] == b["shot"] and a["end_frame"] == b["start_frame"]
+    }
 
 
 def _ends(faces: pa.Table) -> dict[str, tuple]:
@@ -345,15 +321,11 @@ def fast_mover_links(
             parent[_root(parent, j)] = _root(parent, i)
 
 
-def shots_of_clips(clips: pa.Table, splits: dict[tuple[str, str], float]) -> dict[str, int]:
-    """A shot number per clip: clips joined by length ``splits`` share one."""
-    ids = clips.column("clip_id").to_pylist() if clips.num_rows else []
-    index = {c: k for k, c in enumerate(sorted(ids))}
-    parent = list(range(len(index)))
-    for before, after in sorted(splits):
-        if before in index and after in index:
-            parent[_root(parent, index[after])] = _root(parent, index[before])
-    return {c: _root(parent, k) for c, k in index.items()}
+def shots_of_clips(clips: pa.Table) -> dict[str, int]:
+    """A shot code per clip, unique across videos: clips split from one shot for length share one."""
+    t = clips.select(["clip_id", "video_id", "shot"]).to_pylist() if clips.num_rows else []
+    codes: dict[tuple[str, int], int] = {}
+    return {r["clip_id"]: codes.setdefault((r["video_id"], r["shot"]), len(codes)) for r in t}
 
 
 def _root(parent: list[int], i: int) -> int:
@@ -443,7 +415,6 @@ def consolidate(
     clips: pa.Table,
     dim: int,
     *,
-    max_clip_s: float,
     gates: Continuity,
     threshold: float,
     veto_below: float = -np.inf,
@@ -459,8 +430,8 @@ def consolidate(
     t = tracks.take(pa.array(by_id))  # track_id order: nothing depends on the input row order
     ids = t.column("track_id").to_pylist()
     sets_per_track = _face_sets(ids, faces, dim)
-    splits = length_splits(clips, max_clip_s)
-    shots = shots_of_clips(clips, splits)
+    splits = length_splits(clips)
+    shots = shots_of_clips(clips)
     chain = np.array(split_chains(t, faces, splits, gates, sets_per_track, veto_below, top_k, shots), np.int64)
     heads, chain_of = np.unique(chain, return_inverse=True)
     m = len(heads)
@@ -508,7 +479,6 @@ def consolidate_passed(
         faces,
         clips,
         embedder.dim,
-        max_clip_s=cfg.max_clip_s,
         gates=gates,
         threshold=float(threshold),
         veto_below=float(veto),
@@ -546,8 +516,8 @@ def continuity_chains(tracks: pa.Table, faces: pa.Table, clips: pa.Table, cfg, e
     t = tracks.take(pa.array(by_id))
     ids = t.column("track_id").to_pylist()
     sets = _face_sets(ids, faces, embedder.dim)
-    splits = length_splits(clips, cfg.max_clip_s)
-    chain = split_chains(t, faces, splits, gates, sets, veto, cfg.consolidate_top_k, shots_of_clips(clips, splits))
+    splits = length_splits(clips)
+    chain = split_chains(t, faces, splits, gates, sets, veto, cfg.consolidate_top_k, shots_of_clips(clips))
     first: dict[int, str] = {}
     for i, c in enumerate(chain):
         first.setdefault(c, ids[i])

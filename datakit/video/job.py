@@ -1,7 +1,7 @@
-"""The per-video step: decode once, cut shots, find/track/pose/embed faces, return flat Arrow tables.
+"""The per-video step: decode once, cut clips, find/track/pose/embed faces, return flat Arrow tables.
 
-One pass over the frames: every frame feeds the shot detector (cheap, downscaled); frames at
-``sample_fps`` (and the first frame of every shot) go to the face stack. Only small things are kept
+One pass over the frames: every frame feeds the clip cutter (shot detector on a thumbnail, length splits);
+frames at ``sample_fps`` (and the first frame of every clip) go to the face stack. Only small things are kept
 per face (box, pose, scores); aligned chips and JPEG crops are kept for the few best faces of each
 track, so memory stays bounded however long the video is. Embedding runs at the end on those chips.
 Every sampled frame also gives one 64-bit hash (:mod:`datakit.video.fingerprint`), the clip's footage
@@ -31,7 +31,7 @@ from datakit.video.fingerprint import frame_hash
 from datakit.video.quality import QualityScan
 from datakit.video.rows import FaceRow, ScanRows, error_row, probe_columns, tables, video_tables, videos_row
 from datakit.video.segments import Plan, iter_segment_frames
-from datakit.video.shots import SCORE_WIDTH, Segment, ShotDetector, split_long
+from datakit.video.shots import SCORE_WIDTH, ClipCutter, Segment
 from datakit.video.tracking import FaceTracker
 
 
@@ -117,24 +117,24 @@ def failed_output(
 
 
 def _process(src: SourceFile, stack: FaceStack, cfg: BuildConfig, info: ProbeInfo) -> VideoOutput:
-    """A whole video: its frames once, cut into shots by its own shot detector."""
+    """A whole video: its frames once, cut into clips by its own :class:`ClipCutter`."""
     scan = _Scan()
-    shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
+    cutter = ClipCutter.from_config(info.fps, cfg)
 
-    def new_shot_at(item) -> bool:
+    def new_clip_at(item) -> bool:
         t_shot = time.perf_counter()
-        found = shots.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH))
+        found = cutter.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH))
         scan.timer["shots"] += time.perf_counter() - t_shot
         return found
 
-    _scan_frames(scan, iter_frames(src.path, info.fps, scan.stats), new_shot_at, stack, cfg)
+    _scan_frames(scan, iter_frames(src.path, info.fps, scan.stats), new_clip_at, stack, cfg)
     stats = scan.stats
     if stats.num_frames == 0:
         error = stats.error or VideoError("decode", "NoFrames", "no frame could be decoded")
         return failed_output(
             src, stack.embedder.dim, error, probe_columns(info), num_frames=0, seconds=dict(scan.timer)
         )
-    clips = split_long(shots.segments(), info.fps, cfg.max_clip_s)
+    clips = cutter.clips()
     error = stats.error.message if stats.error else None
     row = videos_row(src, scan.status, probe=probe_columns(info), num_frames=stats.num_frames, error=error, clips=clips)
     return _output(src, stack, scan, row, clips)
@@ -147,10 +147,10 @@ def process_segment(src: SourceFile, stack: FaceStack, cfg: BuildConfig, plan: P
     the ``videos`` row is written once every segment is done (pipelines.long_videos)."""
     scan = _Scan()
     spec = plan.segment(seg_no)
-    emitted = set(plan.emitted)
+    restarts = set(plan.restarts)
     clips = plan.clip_segments()[spec.clip_lo : spec.clip_hi]
     frames = iter_segment_frames(src.path, plan.fps, scan.stats, spec.start_frame, spec.end_frame, plan.pts)
-    _scan_frames(scan, frames, lambda item: item.index in emitted, stack, cfg)
+    _scan_frames(scan, frames, lambda item: item.index in restarts, stack, cfg)
     row = videos_row(src, scan.status, num_frames=scan.stats.num_frames)  # not written: the video's comes later
     out = _output(src, stack, scan, row, clips, clip_offset=spec.clip_lo)
     out.note = scan.stats.note
@@ -183,9 +183,11 @@ def _output(
     )
 
 
-def _scan_frames(scan: _Scan, frames, new_shot_at, stack: FaceStack, cfg: BuildConfig) -> None:
-    """The per-frame loop, into ``scan``: ``new_shot_at(frame)`` says whether a new shot starts at that frame
-    (an unsplit run asks its shot detector, a segment the first pass)."""
+def _scan_frames(scan: _Scan, frames, new_clip_at, stack: FaceStack, cfg: BuildConfig) -> None:
+    """The per-frame loop, into ``scan``: ``new_clip_at(frame)`` says whether a new clip starts at that frame
+    (an unsplit run asks its :class:`ClipCutter`, a segment the first pass). Every clip start restarts the
+    tracker, the sampling clock and the motion measure, so nothing carries from one clip into the next and
+    a work item may start at any of them."""
     tracker = FaceTracker.from_config(cfg, stack.detector)
     timer = scan.timer
     next_sample_t = 0.0
@@ -197,10 +199,10 @@ def _scan_frames(scan: _Scan, frames, new_shot_at, stack: FaceStack, cfg: BuildC
         if item is None:
             break
         index, t_s = item.index, item.t_s
-        new_shot = new_shot_at(item)
-        if new_shot:
+        new_clip = new_clip_at(item)
+        if new_clip:
             tracker.cut()
-        if not (new_shot or t_s + 1e-6 >= next_sample_t):
+        if not (new_clip or t_s + 1e-6 >= next_sample_t):
             continue
         next_sample_t = t_s + 1.0 / cfg.sample_fps
         scan.num_sampled += 1
@@ -208,7 +210,7 @@ def _scan_frames(scan: _Scan, frames, new_shot_at, stack: FaceStack, cfg: BuildC
         frame = item.bgr()
         timer["decode"] += time.perf_counter() - t_dec
         t_quality = time.perf_counter()
-        scan.quality.add(index, t_s, frame, cut=new_shot)
+        scan.quality.add(index, t_s, frame, cut=new_clip)
         timer["clip_quality"] += time.perf_counter() - t_quality
         t_hash = time.perf_counter()
         code = frame_hash(frame)  # the footage fingerprint (copies across videos), from the frame decoded anyway

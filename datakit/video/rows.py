@@ -244,6 +244,7 @@ def _clip_rows(scan: ScanRows, ids: _Ids) -> list[dict]:
             "start_frame": seg.start_frame,
             "end_frame": seg.end_frame,
             "num_frames": seg.num_frames,
+            "shot": seg.shot,
             "num_faces": sum(1 for x in ids.clip_of if x == c),
             "num_tracks": ids.tracks_per_clip.get(c, 0),
             **scores[c],

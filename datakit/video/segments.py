@@ -1,15 +1,18 @@
-"""Long videos in parallel: a cheap first pass finds the shots, then segments of whole shots are work items.
+"""Long videos in parallel: a cheap first pass finds the clips, then segments of whole clips are work items.
 
 First pass (:func:`first_pass`): one sequential decode with PyAV's threads on, every frame scored for
-shots on a ``SCORE_WIDTH`` thumbnail only (no full-size conversion), exactly as an unsplit run scores
-them. It keeps the shot boundaries, the frames where the detector reported a cut (where an unsplit run
-cuts its tracker and restarts sampling) and every frame's pts, nothing else.
+shots on a ``SCORE_WIDTH`` thumbnail only (no full-size conversion) by the :class:`ClipCutter` an unsplit
+run uses. It keeps the clips, the frames where a new clip started (where an unsplit run cuts its tracker,
+restarts sampling and motion: reported cuts and length splits) and every frame's pts, nothing else.
 
-Segments (:func:`plan_segments`): consecutive whole shots of about ``segment_s``; a segment starts only
-at a frame where the unsplit run restarts everything (a cut reported on its own frame), so a segment's
-tracks, samples and clip scores are exactly the unsplit run's. Each segment decodes only its frames
-(:func:`iter_segment_frames`: seek to the keyframe before, decode forward, map frames to the indices
-of a sequential decode through the pts map; any mismatch falls back to a sequential decode).
+Segments (:func:`plan_segments`): consecutive whole clips of about ``segment_s``; a segment starts only
+at a clip start where the unsplit run restarts everything (a length split, or a cut reported on its own
+frame), so a segment's tracks, samples and clip scores are exactly the unsplit run's. A long single shot
+splits at its length splits (every ``max_clip_s``); the pieces of one person on both sides of such a
+boundary are joined in the global pass as they are within one work item (datakit.passes.consolidate).
+Each segment decodes only its frames (:func:`iter_segment_frames`: seek to the keyframe before, decode
+forward, map frames to the indices of a sequential decode through the pts map; any mismatch falls back
+to a sequential decode).
 
 A video whose timestamps make that mapping unsafe (missing or non-increasing pts, variable frame rate,
 a decode error in the first pass) is not split: it runs as one item, and the plan says why.
@@ -30,7 +33,7 @@ import av
 import numpy as np
 
 from datakit.video.decode import DecodeStats, Frame, ProbeInfo, Scalers, VideoError, iter_frames
-from datakit.video.shots import SCORE_WIDTH, Segment, ShotDetector, split_long
+from datakit.video.shots import SCORE_WIDTH, ClipCutter, Segment
 
 
 @dataclass(slots=True)
@@ -53,8 +56,8 @@ class Plan:
     num_frames: int = 0
     fps: float = 0.0
     duration_s: float | None = None
-    clips: list[list] = field(default_factory=list)  # [start_frame, end_frame, start_s, end_s] per clip
-    emitted: list[int] = field(default_factory=list)  # frames where the shot detector reported a cut
+    clips: list[list] = field(default_factory=list)  # [start_frame, end_frame, start_s, end_s, shot] per clip
+    restarts: list[int] = field(default_factory=list)  # frames where a new clip started (ClipCutter.restarts)
     pts: list[int] = field(default_factory=list)  # pts of every frame, in sequential decode order
     segments: list[list[int]] = field(default_factory=list)  # SegmentSpec fields per segment
     seconds: float = 0.0
@@ -64,7 +67,7 @@ class Plan:
         return SegmentSpec(*self.segments[no])
 
     def clip_segments(self) -> list[Segment]:
-        return [Segment(int(a), int(b), float(s), float(e)) for a, b, s, e in self.clips]
+        return [Segment(int(a), int(b), float(s), float(e), int(shot)) for a, b, s, e, shot in self.clips]
 
     def save(self, path: Path) -> None:
         """The pts map as ``<video_id>.pts.npy`` (written first), the rest as small JSON (the commit point)."""
@@ -92,10 +95,8 @@ def first_pass(path: str | Path, video_id: str, info: ProbeInfo, cfg) -> Plan:
     """Decode sequentially (threads on), score shots on thumbnails, plan the segments."""
     t0 = time.perf_counter()
     stats = DecodeStats()
-    shots = ShotDetector(info.fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s)
+    cutter = ClipCutter.from_config(info.fps, cfg)
     pts: list[int] = []
-    emitted: list[int] = []
-    own_frame: set[int] = set()  # frames whose reported cut is the frame itself
     missing_pts = False
     for item in iter_frames(path, info.fps, stats, threads=0, thread_type="AUTO"):
         p = item._frame.pts
@@ -103,24 +104,20 @@ def first_pass(path: str | Path, video_id: str, info: ProbeInfo, cfg) -> Plan:
             missing_pts = True
             p = -1
         pts.append(int(p))
-        before = len(shots._cuts)
-        if shots.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH)):
-            emitted.append(item.index)
-            if shots._cuts[before:] == [item.index]:
-                own_frame.add(item.index)
+        cutter.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH))
     plan = Plan(video_id, False, num_frames=stats.num_frames, fps=info.fps, duration_s=info.duration_s)
     plan.seconds = time.perf_counter() - t0
     reason = _unsafe(stats, pts, missing_pts)
     if reason:
         plan.reason = reason
         return plan
-    clips = split_long(shots.segments(), info.fps, cfg.max_clip_s)
-    plan.clips = [[c.start_frame, c.end_frame, c.start_s, c.end_s] for c in clips]
-    plan.emitted, plan.pts = emitted, pts
-    specs = plan_segments(clips, own_frame, info.fps, cfg.segment_s)
+    clips = cutter.clips()
+    plan.clips = [[c.start_frame, c.end_frame, c.start_s, c.end_s, c.shot] for c in clips]
+    plan.restarts, plan.pts = cutter.restarts, pts
+    specs = plan_segments(clips, set(cutter.restarts), cfg.segment_s)
     plan.segments = [[s.start_frame, s.end_frame, s.clip_lo, s.clip_hi] for s in specs]
     if len(specs) < 2:
-        plan.reason = "one segment only (no usable shot boundary)"
+        plan.reason = "one segment only (shorter than two segments)"
         return plan
     plan.split = True
     return plan
@@ -144,9 +141,9 @@ def _unsafe(stats: DecodeStats, pts: list[int], missing: bool) -> str:
     return ""
 
 
-def plan_segments(clips: list[Segment], restarts: set[int], fps: float, segment_s: float) -> list[SegmentSpec]:
+def plan_segments(clips: list[Segment], restarts: set[int], segment_s: float) -> list[SegmentSpec]:
     """Group consecutive clips into segments of about ``segment_s``; a segment may start only at frame 0 or
-    at a frame in ``restarts`` (a shot start where an unsplit run resets its per-shot state)."""
+    at a clip start in ``restarts`` (where an unsplit run resets its per-clip state)."""
     specs: list[SegmentSpec] = []
     lo = 0
     for c in range(1, len(clips) + 1):

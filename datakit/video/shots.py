@@ -1,7 +1,14 @@
-"""Shot boundaries, streamed: PySceneDetect's content detector fed with our decoded frames.
+"""Shot boundaries and clips, streamed: PySceneDetect's content detector fed with our decoded frames.
 
 Frames are downscaled before scoring (cuts are a global colour/luma change, resolution adds nothing
-but cost). The shots are then cut into clips no longer than ``max_clip_s``.
+but cost). :class:`ClipCutter` cuts the shots into clips no longer than ``max_clip_s`` *while the frames
+stream*: a new clip starts at every cut the detector reports and, inside a shot, at the first frame that
+would take its clip past ``max_clip_s``. Every clip start is known on the frame where it happens,
+so the frame loop restarts everything per clip (tracker, sampling clock, motion) exactly there, and a
+long single shot can be split into work items at any clip start with the tables of an unsplit run
+(datakit.video.segments). The last clip of a long shot holds what is left (it may be short; the clip
+filters and ``min_sample_s`` decide what it is worth); continuity of a person across a length split is a
+join in the global pass (datakit.passes.consolidate), the same however the video was cut into work items.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class Segment:
     end_frame: int
     start_s: float
     end_s: float
+    shot: int = 0  # the shot the range belongs to (clips of one shot split for length share it)
 
     @property
     def num_frames(self) -> int:
@@ -74,15 +82,67 @@ class ShotDetector:
         ]
 
 
-def split_long(segments: list[Segment], fps: float, max_clip_s: float) -> list[Segment]:
-    """Cut shots longer than ``max_clip_s`` into equal pieces no longer than it."""
-    out: list[Segment] = []
-    for seg in segments:
-        duration = seg.end_s - seg.start_s
-        pieces = max(1, int(np.ceil(duration / max_clip_s - 1e-9))) if max_clip_s > 0 else 1
-        edges = np.linspace(seg.start_frame, seg.end_frame, pieces + 1).round().astype(int)
-        for a, b in itertools.pairwise(edges):
-            frac_a = (a - seg.start_frame) / max(seg.num_frames, 1)
-            frac_b = (b - seg.start_frame) / max(seg.num_frames, 1)
-            out.append(Segment(int(a), int(b), seg.start_s + frac_a * duration, seg.start_s + frac_b * duration))
-    return out
+class ClipCutter:
+    """Online clip boundaries: call :meth:`push` on every frame in order, then :meth:`clips`.
+
+    ``push`` answers whether a new clip starts at the frame (a reported cut, or a length split): the frames
+    where the frame loop restarts its per-clip state. A cut the detector reports late (its flash filter
+    merges close cuts) starts its shot at the cut frame, but the restart happens on the reporting frame;
+    length splits are then counted from the cut frame's time, and a split point that falls before the
+    report moves on by ``max_clip_s``, so the answer never depends on a frame not yet seen. Each split is
+    counted from the frame where the clip before it started, so no clip exceeds ``max_clip_s``.
+    """
+
+    def __init__(self, fps: float, *, threshold: float = 27.0, min_shot_s: float = 0.5, max_clip_s: float = 0.0):
+        self.shots = ShotDetector(fps, threshold=threshold, min_shot_s=min_shot_s)
+        self.max_clip_s = max_clip_s
+        self.splits: list[int] = []  # length-split frames, in order
+        self.restarts: list[int] = []  # every frame where push answered True after the first
+        self._next_split_t: float | None = None
+
+    @classmethod
+    def from_config(cls, fps: float, cfg) -> ClipCutter:
+        return cls(fps, threshold=cfg.shot_threshold, min_shot_s=cfg.min_shot_s, max_clip_s=cfg.max_clip_s)
+
+    def push(self, index: int, t_s: float, frame_bgr: np.ndarray) -> bool:
+        """Score one frame; True when a new clip starts at it (a cut reported on it, or a length split)."""
+        first = self.shots._last_index < 0
+        cut = self.shots.push(index, t_s, frame_bgr)
+        if first or cut:
+            start_t = self.shots._times[self.shots.last_cut] if cut else t_s
+            self._schedule(start_t, t_s)
+        elif self._next_split_t is not None and t_s + 1.0 / self.shots.fps > self._next_split_t + 1e-6:
+            self.splits.append(index)
+            self._schedule(t_s, t_s)
+        else:
+            return False
+        if not first:
+            self.restarts.append(index)
+        return not first
+
+    def _schedule(self, from_t: float, now_t: float) -> None:
+        """The next length split: ``max_clip_s`` after ``from_t`` (the clip's start; a late-reported cut: the
+        cut frame's time), moved on by whole ``max_clip_s`` while the frame ``now_t`` is already past it."""
+        if self.max_clip_s <= 0:
+            return
+        step = self.max_clip_s
+        nxt = from_t + step
+        if nxt <= now_t + 1.0 / self.shots.fps:
+            nxt += step * np.floor((now_t + 1.0 / self.shots.fps - nxt) / step + 1)
+        self._next_split_t = nxt
+
+    def clips(self) -> list[Segment]:
+        """The clips of every pushed frame, each with its shot number."""
+        shots = self.shots.segments()
+        if not shots:
+            return []
+        times = self.shots._times
+        end_t = shots[-1].end_s
+        out: list[Segment] = []
+        splits = sorted(self.splits)
+        for no, shot in enumerate(shots):
+            inner = [f for f in splits if shot.start_frame < f < shot.end_frame]
+            for a, b in itertools.pairwise([shot.start_frame, *inner, shot.end_frame]):
+                t_b = times.get(b, end_t) if b < shots[-1].end_frame else end_t
+                out.append(Segment(a, b, times.get(a, shot.start_s), t_b, no))
+        return out

@@ -4,6 +4,8 @@ test_crowd_acceptance.py."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -17,7 +19,7 @@ from datakit.passes.consolidate import (
     shots_of_clips,
     split_chains,
 )
-from datakit.video.shots import Segment, split_long
+from datakit.video.shots import Segment
 
 FPS = 25.0
 
@@ -32,19 +34,21 @@ def clips_table(segments: list[Segment], video: str = "v") -> pa.Table:
             "end_frame": [s.end_frame for s in segments],
             "start_s": [s.start_s for s in segments],
             "end_s": [s.end_s for s in segments],
+            "shot": [s.shot for s in segments],
         }
     )
 
 
-def shot(a: int, b: int) -> Segment:
-    return Segment(a, b, a / FPS, b / FPS)
+def shot(a: int, b: int, no: int = 0, piece: int = 0) -> list[Segment]:
+    """Shot ``no`` over frames ``[a, b)``, cut every ``piece`` frames (0: not cut), as the clip cutter cuts it."""
+    edges = [*range(a, b, piece or b - a), b]
+    return [Segment(x, y, x / FPS, y / FPS, no) for x, y in itertools.pairwise(edges)]
 
 
 def test_length_splits_are_told_from_cuts():
-    # Shots: 0-105 (4.2 s, split in 5 at max 1.0 s), 105-120 (0.6 s), 120-390 (10.8 s, split in 11).
-    shots = [shot(0, 105), shot(105, 120), shot(120, 390)]
-    clips = split_long(shots, FPS, 1.0)
-    splits = length_splits(clips_table(clips), 1.0)
+    # Shots: 0-105 (4.2 s, in 5 pieces at max 1.0 s), 105-120 (0.6 s), 120-390 (10.8 s, in 11 pieces).
+    clips = shot(0, 105, 0, 25) + shot(105, 120, 1, 25) + shot(120, 390, 2, 25)
+    splits = length_splits(clips_table(clips))
     ids = [f"v_c{i:04d}" for i in range(len(clips))]
     expected = {(ids[i], ids[i + 1]) for i in range(4)} | {(ids[i], ids[i + 1]) for i in range(6, 16)}
     assert set(splits) == expected  # the cuts at frames 105 and 120 are not splits
@@ -52,11 +56,10 @@ def test_length_splits_are_told_from_cuts():
 
 
 def test_no_split_when_shots_fit_and_row_order_does_not_matter():
-    clips = split_long([shot(0, 100), shot(100, 180), shot(180, 260)], FPS, 10.0)
-    assert length_splits(clips_table(clips), 10.0) == {}
-    long_clips = split_long([shot(0, 600)], FPS, 10.0)
-    table = clips_table(long_clips)
-    assert length_splits(table.take([2, 0, 1]), 10.0) == length_splits(table, 10.0)
+    clips = shot(0, 100, 0) + shot(100, 180, 1) + shot(180, 260, 2)
+    assert length_splits(clips_table(clips)) == {}
+    table = clips_table(shot(0, 600, 0, 250))
+    assert length_splits(table.take([2, 0, 1])) == length_splits(table)
 
 
 def faces_table(rows: list[tuple[str, float, tuple[float, float, float]]]) -> pa.Table:
@@ -151,8 +154,8 @@ def test_fast_mover_joins_need_constant_velocity_and_one_shot():
     rows = [(f"v_c000{int(k * STEP > 0.84)}_t{k:02d}", k * STEP, xys) for k, xys in enumerate(CROSSING)]
     faces = faces_table(rows)
     tracks = tracks_table([r[0] for r in rows])
-    clips = clips_table(split_long([shot(0, 42)], FPS, 0.9))
-    assert split_chains(tracks, faces, SPLIT, Continuity(), shot_of_clip=shots_of_clips(clips, SPLIT)) == [0] * 4
+    clips = clips_table(shot(0, 42, 0, 21))
+    assert split_chains(tracks, faces, SPLIT, Continuity(), shot_of_clip=shots_of_clips(clips)) == [0] * 4
     two_shots = {"v_c0000": 0, "v_c0001": 1}
     assert split_chains(tracks, faces, {}, Continuity(), shot_of_clip=two_shots) == [0, 0, 0, 3]
 

@@ -26,6 +26,7 @@ def make_clips(rows: list[tuple[str, str, float, float]]) -> pa.Table:
             "start_frame": [0] * n,
             "end_frame": [10] * n,
             "num_frames": [10] * n,
+            "shot": list(range(n)),
             "num_faces": [1] * n,
             "num_tracks": [1] * n,
             "caption": [f"caption of {r[0]}" for r in rows],

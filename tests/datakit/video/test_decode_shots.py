@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
 
 from datakit.video.decode import DecodeStats, VideoError, iter_frames, probe
-from datakit.video.shots import Segment, ShotDetector, split_long
+from datakit.video.shots import ClipCutter, Segment, ShotDetector
 from tests.conftest import STILLS, VIDEOS
 
 
@@ -51,8 +54,37 @@ def test_single_shot_video_is_one_segment():
     assert len(segments) == 1 and segments[0].num_frames == 299
 
 
-def test_split_long_cuts_into_equal_bounded_pieces():
-    pieces = split_long([Segment(0, 300, 0.0, 12.0)], fps=25.0, max_clip_s=5.0)
-    assert [(p.start_frame, p.end_frame) for p in pieces] == [(0, 100), (100, 200), (200, 300)]
-    assert all(p.end_s - p.start_s <= 5.0 + 1e-9 for p in pieces)
-    assert split_long([Segment(0, 10, 0.0, 0.4)], 25.0, 5.0)[0].num_frames == 10
+def test_clips_cut_long_shots_every_max_clip_s_while_streaming():
+    """hamilton at max_clip_s 2.0: its shots are cut every 2 s from their start; every clip start is
+    announced on its own frame (a restart), the shot numbers tell the length splits from the cuts."""
+    name = "hamilton_white_house.mp4"
+    info = probe(VIDEOS / name)
+    cutter, announced = ClipCutter(info.fps, max_clip_s=2.0), []
+    for frame in iter_frames(VIDEOS / name, info.fps, DecodeStats()):
+        if cutter.push(frame.index, frame.t_s, frame.thumbnail_bgr(160)):
+            announced.append(frame.index)
+    clips = cutter.clips()
+    shots, _ = _shots(name)
+    assert sorted({c.shot for c in clips}) == list(range(len(shots)))  # same shots as the shot detector alone
+    for no, shot in enumerate(shots):
+        pieces = [c for c in clips if c.shot == no]
+        assert pieces[0].start_frame == shot.start_frame and pieces[-1].end_frame == shot.end_frame
+        for piece in pieces[:-1]:  # a piece ends where one more frame would take it past 2 s
+            assert 2.0 - 1 / info.fps < piece.end_s - piece.start_s <= 2.0 + 1e-6
+        assert pieces[-1].end_s - pieces[-1].start_s <= 2.0 + 1e-6
+    assert len(clips) > len(shots)
+    # every clip start after the first is announced on its frame (hamilton's cuts are reported on their own frame)
+    assert announced == cutter.restarts == [c.start_frame for c in clips[1:]]
+    assert cutter.splits == [c.start_frame for a, c in itertools.pairwise(clips) if a.shot == c.shot]
+
+
+def test_without_max_clip_s_the_clips_are_the_shots():
+    cutter = ClipCutter(25.0)
+    rng = np.random.default_rng(0)
+    dark, bright = rng.integers(0, 30, (90, 160, 3), np.uint8), rng.integers(200, 255, (90, 160, 3), np.uint8)
+    frames = [dark] * 60 + [bright] * 40
+    for i, frame in enumerate(frames):
+        cutter.push(i, i / 25.0, frame)
+    clips = cutter.clips()
+    assert [(c.start_frame, c.end_frame, c.shot) for c in clips] == [(0, 60, 0), (60, 100, 1)]
+    assert cutter.splits == [] and cutter.restarts == [60]

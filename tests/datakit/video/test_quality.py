@@ -157,7 +157,15 @@ def test_filter_fields_are_global_only_and_in_the_config():
 
 
 def _clips(rows: list[dict]) -> pa.Table:
-    base = {"video_id": "v", "start_frame": 0, "end_frame": 10, "num_frames": 10, "num_faces": 1, "num_tracks": 1}
+    base = {
+        "video_id": "v",
+        "start_frame": 0,
+        "end_frame": 10,
+        "num_frames": 10,
+        "shot": 0,
+        "num_faces": 1,
+        "num_tracks": 1,
+    }
     full = [{"clip_id": f"c{i}", "start_s": 0.0, "end_s": 2.0, **base, **r} for i, r in enumerate(rows)]
     return pa.Table.from_pylist(full, schema=schema.CLIPS)
 

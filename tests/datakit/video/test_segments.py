@@ -1,5 +1,5 @@
-"""Long videos split into segments of whole shots (datakit.video.segments): same tables and ids as an unsplit run,
-resume per committed segment after ``kill -9``."""
+"""Long videos split into segments of whole clips (datakit.video.segments): same tables and ids as an unsplit run,
+also for one long single shot split at its length splits; resume per committed segment after ``kill -9``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.make_corpus import make_looped_video
 from tests.conftest import MODELS, VIDEOS, build_in_subprocess
 
 pytestmark = pytest.mark.slow
@@ -159,6 +160,52 @@ def test_kill_9_between_segments_then_rerun_matches_an_uninterrupted_run(long_sr
     for name in done_at_kill:  # committed segments were not redone
         assert (killed / "_done" / name).stat().st_mtime_ns == stamps[name]
     _assert_same(_tables(killed), _tables(unsplit))
+
+
+#: issue 18 at test scale: pexels_woman_expressions (one 19.7 s shot) looped 6 times (118 s, one shot: the
+#: loop seam is no cut), split at 60 s into segments of ~30 s, next to three short videos; sampled at 2 fps
+#: to keep three builds affordable (the tables are compared exactly whatever the rate)
+SINGLE_SHOT = {"segment_min_s": 60.0, "segment_s": 30.0, "sample_fps": 2.0}
+SHORT = ("single_face.mp4", "cisco_two_people.mp4", "carphone_qcif.mp4")
+
+
+@pytest.fixture(scope="module")
+def single_shot_src(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("single_shot") / "src"
+    src.mkdir()
+    make_looped_video(src / "interview.mp4", VIDEOS / "pexels_woman_expressions.mp4", 6)
+    for name in SHORT:
+        (src / name).symlink_to(VIDEOS / name)
+    return src
+
+
+def test_a_long_single_shot_splits_over_every_worker_with_the_tables_of_an_unsplit_run(single_shot_src, tmp_path):
+    two = build_in_subprocess(src=single_shot_src, out=tmp_path / "w2", models_dir=MODELS, workers=2, **SINGLE_SHOT)
+    plan = json.loads(next((tmp_path / "w2" / "_plan").glob("*.json")).read_text())
+    assert plan["split"], plan["reason"]
+    assert len({c[4] for c in plan["clips"]}) == 1 and len(plan["clips"]) == 12  # one shot, cut every 10 s
+    segments = len(plan["segments"])
+    assert segments >= 3
+    # the summary says how many segments ran on how many workers
+    assert two["long_videos"]["videos"] == {
+        "interview.mp4": {"segments": segments, "workers": 2, "first_pass_s": pytest.approx(plan["seconds"], abs=0.01)}
+    }
+    workers = two["workers"]
+    assert len(workers) == 2 and all("max_idle_s" in w for w in workers.values())
+    # every worker took short videos while the long one was being planned, then segments of it
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "w2" / "_done").glob("*.json"))]
+    for worker in workers:
+        mine = [r for r in records if r.get("worker") == worker]
+        assert any(r["path"] in SHORT for r in mine) and any(r.get("segment", -1) >= 0 for r in mine), mine
+    seg_items = [sum(r.get("segment", -1) >= 0 for r in records if r.get("worker") == w) for w in workers]
+    assert abs(seg_items[0] - seg_items[1]) <= 1 + segments % 2  # segments shared out evenly
+
+    build_in_subprocess(src=single_shot_src, out=tmp_path / "w1", models_dir=MODELS, workers=1, **SINGLE_SHOT)
+    unsplit = {**SINGLE_SHOT, "segment_min_s": None}
+    build_in_subprocess(src=single_shot_src, out=tmp_path / "whole", models_dir=MODELS, workers=1, **unsplit)
+    want = _tables(tmp_path / "whole")
+    _assert_same(_tables(tmp_path / "w2"), want)
+    _assert_same(_tables(tmp_path / "w1"), want)
 
 
 def test_a_video_with_variable_frame_rate_is_not_split(tmp_path):
