@@ -5,7 +5,8 @@
 # 1. the training step alone (benchmarks/train_step.py --synthetic): bf16, forward + backward + AdamW, with
 #    and without activation checkpointing: step time, video tokens/s, MFU (989 TFLOPS bf16 dense), peak memory;
 # 2. one sampling step (benchmarks/sample_step.py): diffusers' WanTransformer3DModel vs ours, references off
-#    and on, with the largest output difference to diffusers.
+#    (residual stream in bf16 as diffusers keeps it, and in fp32 as Wan's code and our default do) and on, with
+#    the largest output difference to diffusers.
 # Paste both tables into BENCHMARKS.md with the GPU model, driver and date (nvidia-smi prints them first).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,12 +14,21 @@ weights are scored by the flow-matching loss at fixed noise and sigma draws (`ma
     (c) other  another held-out identity's references (the same masking), with the target of (a)
 
 b/a > 1 (references lower the loss) and c/a > 1 (the *right* identity's references lower it) is the
-mechanism working. Ablations (`--variants`) are trained the same way from the same initial weights with one
-DiTConfig switch changed: `mfi-off` (use_mfi=False) and `gap0` (jump_rope_gap=0; with one identity per
-sample only the sink tokens move). Proxy tokens cannot be switched off (absent slots are always filled by
-them) and "frontal only vs all views" is not measured here.
+mechanism working. Ablations (`--variants`) are trained the same way from the same initial weights per seed
+with one change: `mfi-off` (use_mfi=False), `lpt-off` (proxy_tokens=False and num_sink_tokens=0: an absent
+view slot is the patch embedding of a zero latent, no sinks), `gap0` (jump_rope_gap=0; with one identity per
+sample only the sink tokens move) and `frontal-only` (the model unchanged, trained and scored with the frontal
+reference slot only: samples without a frontal reference leave training, (a) and (c) keep only the frontal).
 
-CPU (tiny random encoders from `harmoview.testing`, tiny buckets 5x32x32; 14 minutes on a shared 2-core VM):
+Frontal only vs all views on targets whose face is turned: a held-out target counts as turned when the median
+|yaw| of its identity's faces in the clip (datakit's faces and tracks tables) is >= 20 deg, where the view bins
+leave "frontal". On those targets every variant is also scored with its own references cut to the frontal slot
+("frontal", the same weights), and `frontal-only` is compared with `full` (frontal-only / full of (a); > 1: the
+other views help). The shipped run has one such held-out target (foreman_cif.mp4, median |yaw| 31 deg, frontal,
+left and right references from its other clip), so that comparison rests on one clip x 32 draws per seed.
+
+CPU (tiny random encoders from `harmoview.testing`, tiny buckets 5x32x32; 5 variants x 3 seeds took 14 minutes
+on a shared 2-core VM, a run is deterministic: the same rows on every rerun):
 
     python -m benchmarks.reference_gain --steps 300 --seeds 0 1 2 [--run /tmp/run_shipped] [--out report.md]
 
@@ -56,7 +65,7 @@ from benchmarks import Tee
 from datakit.store import RunDir
 from harmoview.data.dataset import SampleIndex, SampleReader, collate
 from harmoview.flow import flow_loss
-from harmoview.model.config import VIEW_SLOTS
+from harmoview.model.config import FRONTAL_SLOT, VIEW_SLOTS
 from harmoview.model.dit import HarmoViewDiT
 from harmoview.model.encoders import EncoderPaths, Encoders, training_dtypes
 from harmoview.model.weights import from_pretrained, save_checkpoint
@@ -69,8 +78,26 @@ from harmoview.train.trainable import load_initial_model
 from harmoview.train.trainer import TrainRun, train
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"full": {}, "mfi-off": {"use_mfi": False}, "gap0": {"jump_rope_gap": 0}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One ablation: DiTConfig fields changed from the same initial weights, and the reference views it trains
+    and is scored with (None = the recipe's: every view)."""
+
+    model: dict = dataclasses.field(default_factory=dict)
+    views: tuple[str, ...] | None = None
+
+
+VARIANTS = {
+    "full": Variant(),
+    "mfi-off": Variant({"use_mfi": False}),
+    "lpt-off": Variant({"proxy_tokens": False, "num_sink_tokens": 0}),  # zero padding, no sinks
+    "gap0": Variant({"jump_rope_gap": 0}),
+    "frontal-only": Variant(views=(VIEW_SLOTS[FRONTAL_SLOT],)),
+}
 CONDITIONS = ("own", "none", "other")
+TURNED_DEG = 20.0  # |yaw| at which datakit's view bins leave "frontal"
 # --preset tiny trains from random weights in minutes: the README demo's learning rate, no warm-up.
 TINY_OVERRIDES = {"lr": 3e-3, "warmup_steps": 0}
 
@@ -106,6 +133,21 @@ def other_clip_slots(run: Path) -> dict[tuple[str, str], torch.Tensor]:
                     mask[VIEW_SLOTS.index(ref["view"])] = not ref["same_clip"]
             slots[row["sample_id"], ident["identity_id"]] = mask
     return slots
+
+
+def target_yaw(run: Path) -> dict[tuple[str, str], float]:
+    """(sample_id, identity_id) -> median |yaw| in degrees of that identity's detected faces in the sample's clip
+    (datakit's faces and tracks tables): how far the target's face is turned."""
+    tracks = ds.dataset(run / "tracks", format="parquet").to_table(columns=["track_id", "identity_id"]).to_pylist()
+    identity = {t["track_id"]: t["identity_id"] for t in tracks}
+    faces = ds.dataset(run / "faces", format="parquet").to_table(columns=["clip_id", "track_id", "yaw_deg"])
+    yaws = defaultdict(list)
+    for face in faces.to_pylist():
+        if face["yaw_deg"] is not None and identity.get(face["track_id"]):
+            yaws[face["clip_id"], identity[face["track_id"]]].append(abs(face["yaw_deg"]))
+    samples = ds.dataset(run / "samples", format="parquet").to_table(columns=["sample_id", "clip_id"]).to_pylist()
+    return {(row["sample_id"], ident): statistics.median(values) for row in samples
+            for (clip, ident), values in yaws.items() if clip == row["clip_id"]}  # fmt: skip
 
 
 def split_by_clip(index: SampleIndex, other: dict) -> tuple[list, list]:
@@ -144,10 +186,18 @@ class HeldOut:
 
     enc: EncodedBatch
     identity_id: str
+    yaw: float = 0.0
+    """Median |yaw| of the identity's faces in the target clip; >= TURNED_DEG counts as a turned face."""
     donor: int = -1
 
+    @property
+    def turned(self) -> bool:
+        return self.yaw >= TURNED_DEG
 
-def encode_held_out(held: list, index: SampleIndex, encoders: Encoders, other: dict, mfi: bool) -> list[HeldOut]:
+
+def encode_held_out(
+    held: list, index: SampleIndex, encoders: Encoders, other: dict, yaw: dict, mfi: bool
+) -> list[HeldOut]:
     """Encode the held-out samples (our reader and encoder path) and keep only references from other clips."""
     reader, items = SampleReader(index.config), []
     for entry in held:
@@ -156,7 +206,8 @@ def encode_held_out(held: list, index: SampleIndex, encoders: Encoders, other: d
         enc = encode_batch(batch, encoders, with_refs=True, with_vit=mfi)
         keep = torch.stack([other[entry.sample_id, i] for i in entry.identity_ids]).to(enc.ref_present.device)
         enc.ref_present = enc.ref_present & keep[None]  # (1, N, S): a crop of the target clip is no reference
-        items.append(HeldOut(enc, entry.identity_ids[0]))
+        main = entry.identity_ids[0]
+        items.append(HeldOut(enc, main, yaw.get((entry.sample_id, main), 0.0)))
     for i, item in enumerate(items):  # (c): the next held-out clip of another identity
         item.donor = next(j % len(items) for j in range(i + 1, i + len(items) + 1)
                           if items[j % len(items)].identity_id != item.identity_id)  # fmt: skip
@@ -168,16 +219,30 @@ def with_references_of(enc: EncodedBatch, donor: EncodedBatch) -> EncodedBatch:
     return dataclasses.replace(enc, ref_latents=donor.ref_latents, ref_present=donor.ref_present, vit=donor.vit)
 
 
+def only_views(enc: EncodedBatch, views: tuple[str, ...] | None) -> EncodedBatch:
+    """`enc` with the reference slots outside `views` marked absent (None = all kept)."""
+    if views is None:
+        return enc
+    keep = torch.tensor([slot in views for slot in VIEW_SLOTS], device=enc.ref_present.device)
+    return dataclasses.replace(enc, ref_present=enc.ref_present & keep)
+
+
 @torch.no_grad()
 def held_out_losses(
-    model: HarmoViewDiT, items: list[HeldOut], empty_text: torch.Tensor, args: argparse.Namespace, bf16: bool
-) -> dict[str, float]:
-    """Mean flow-matching loss per condition over held-out clips x `--draws` fixed (noise, sigma) draws, overall
-    ("own", "none", "other") and split at sigma 0.5 ("own@low", ... for sigma < 0.5; "own@high", ...)."""
+    model: HarmoViewDiT, items: list[HeldOut], empty_text: torch.Tensor, args: argparse.Namespace, bf16: bool,
+    views: tuple[str, ...] | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Mean flow-matching loss per condition over held-out clips x `--draws` fixed (noise, sigma) draws: overall
+    ("own", "none", "other", and "frontal": own references with the frontal slot only), split at sigma 0.5
+    ("own@low", ... for sigma < 0.5; "own@high", ...) and on turned targets only ("own@turned", ...).
+    `views`: the reference views the variant was trained with (the others are removed from (a) and (c))."""
     mfi_on = model.config.use_mfi
     losses = defaultdict(list)
+    frontal = (VIEW_SLOTS[FRONTAL_SLOT],)
     for item in items:
-        encs = {"own": item.enc, "none": item.enc, "other": with_references_of(item.enc, items[item.donor].enc)}
+        donor = with_references_of(item.enc, items[item.donor].enc)
+        encs = {"own": only_views(item.enc, views), "none": item.enc, "other": only_views(donor, views),
+                "frontal": only_views(item.enc, frontal)}  # fmt: skip
         for draw in range(args.draws):
             for condition, enc in encs.items():
                 inputs = make_inputs(
@@ -192,18 +257,21 @@ def held_out_losses(
                 level = "low" if inputs.timestep_values[0] < 500 else "high"  # t = 1000 sigma
                 losses[condition].append(loss)
                 losses[f"{condition}@{level}"].append(loss)
+                if item.turned:
+                    losses[f"{condition}@turned"].append(loss)
     return {key: statistics.mean(values) for key, values in losses.items()}
 
 
 # --- training ----------------------------------------------------------------------------------------------
 
 
-def train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
-    """The recipe at the benchmark's buckets and budget; a fresh config per run (the Trainer sets ref_size)."""
+def train_config(args: argparse.Namespace, seed: int, views: tuple[str, ...] | None = None) -> TrainConfig:
+    """The recipe at the benchmark's buckets and budget; a fresh config per run (the Trainer sets ref_size).
+    `views` restricts the reference views loaded (samples without any of them are left out by the index)."""
     over = {"buckets": args.buckets, "steps": args.steps, "num_workers": 0, "checkpoint_every": 10**9, "seed": seed}
     over |= TINY_OVERRIDES if args.preset == "tiny" and args.init is None else {}
     over |= {k: v for k, v in {"lr": args.lr, "warmup_steps": args.warmup_steps}.items() if v is not None}
-    over |= {"data": {"batch_size": args.batch_size}}
+    over |= {"data": {"batch_size": args.batch_size} | ({"views": views} if views else {})}
     return apply_overrides(get_recipe(args.recipe), over)
 
 
@@ -214,27 +282,29 @@ def write_init(args: argparse.Namespace, encoders: Encoders, changes: dict, seed
     model = load_initial_model(args.init, args.preset, encoders)
     config = model.config.replace(**changes)
     with torch.device("meta"):
-        names = set(HarmoViewDiT(config).state_dict())
-    state = {k: v for k, v in model.state_dict().items() if k in names}  # e.g. mfi-off drops the MFI tensors
+        shapes = {k: v.shape for k, v in HarmoViewDiT(config).state_dict().items()}
+    # mfi-off drops the MFI tensors, lpt-off the proxy groups and the (now empty) sinks
+    state = {k: v for k, v in model.state_dict().items() if shapes.get(k) == v.shape}
     return save_checkpoint(state, out, config=config)
 
 
 def train_and_score(args, paths, encoders, cache, train_run, root, items, empty_text, variant, seed, work):
     """Train one (variant, seed) with the real trainer and score its exported (EMA) weights on the held-out clips."""
-    init = write_init(args, encoders, VARIANTS[variant], seed, work / f"init-{variant}-{seed}")
+    spec = VARIANTS[variant]
+    init = write_init(args, encoders, spec.model, seed, work / f"init-{variant}-{seed}")
     run = TrainRun(
         manifests=[train_run], out=work / f"train-{variant}-{seed}", encoders=paths, init=init,
         video_roots=[root], cache=cache, text_len=args.text_len, vit_layers=tuple(args.vit_layers), progress=False,
     )  # fmt: skip
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        summary = train(train_config(args, seed), run)
+        summary = train(train_config(args, seed, spec.views), run)
     train_s = time.perf_counter() - started
     lines = [json.loads(line) for line in (run.out / "metrics.jsonl").read_text().splitlines() if line]
     first, last = (statistics.mean(r["loss"] for r in part) for part in (lines[:10], lines[-10:]))
     model, _ = from_pretrained(summary.export, device=args.device)
     bf16 = resolve_bf16("auto", torch.device(args.device))  # the Trainer's autocast
-    losses = held_out_losses(model.eval(), items, empty_text, args, bf16=bf16)
+    losses = held_out_losses(model.eval(), items, empty_text, args, bf16=bf16, views=spec.views)
     shutil.rmtree(init)
     shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
     shutil.rmtree(run.out / "final", ignore_errors=True)
@@ -281,12 +351,34 @@ def print_table(results: dict[str, list[dict]]) -> None:
             cells = [spread(ratio(rows, f"{c}@{level}", f"own@{level}")) for level in ("low", "high")
                      for c in ("none", "other")]  # fmt: skip
             print(f"| {variant} | {' | '.join(cells)} |")
+    print_turned(results)
+
+
+def print_turned(results: dict[str, list[dict]]) -> None:
+    """Frontal only vs all views: the same draws on the targets whose face is turned (and, for scale, on all)."""
+    print(
+        f"\nFrontal only vs all views, targets whose face is turned (median |yaw| >= {TURNED_DEG:g} deg); 'frontal' = "
+        "(a) with the frontal reference slot only, scored with the same weights:\n\n| variant | (a) own refs | "
+        "frontal ref only | (b) no refs | **frontal/a** | b/a | c/a | frontal/a, all targets |\n" + "|---" * 8 + "|"
+    )
+    for variant, rows in results.items():
+        if rows and "own@turned" in rows[0]:
+            col = {c: spread([r[f"{c}@turned"] for r in rows]) for c in ("own", "frontal", "none")}
+            f_a, b_a, c_a = (spread(ratio(rows, f"{c}@turned", "own@turned")) for c in ("frontal", "none", "other"))
+            print(f"| {variant} | {col['own']} | {col['frontal']} | {col['none']} | **{f_a}** | {b_a} | {c_a} | "
+                  f"{spread(ratio(rows, 'frontal', 'own'))} |")  # fmt: skip
+    full, frontal = results.get("full") or [], results.get("frontal-only") or []
+    per_seed = [f["own@turned"] / a["own@turned"] for f, a in zip(frontal, full, strict=False) if "own@turned" in a]
+    if per_seed:
+        seeds = " ".join(f"{v:.3f}" for v in per_seed)
+        print(f"\nTrained on the frontal view only vs on all views, (a) on turned targets: frontal-only / full = "
+              f"{spread(per_seed)} ({seeds} per seed; > 1: all views help)")  # fmt: skip
 
 
 def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     started = time.perf_counter()
     run = args.run or build_run(work / "run")
-    root, other = video_root(run), other_clip_slots(run)
+    root, other, yaw = video_root(run), other_clip_slots(run), target_yaw(run)
     if args.encoders_dir:
         paths = EncoderPaths.from_wan_dir(args.encoders_dir, vit=args.vit)
     else:
@@ -307,14 +399,16 @@ def run_benchmark(args: argparse.Namespace, work: Path) -> None:
     train_run = training_run(run, {e.sample_id for e in train_entries}, work / "train-run")
     with contextlib.redirect_stdout(io.StringIO()):
         build_cache([run], work / "cache", encoders, data, video_roots=[root], progress=False)
-    items = encode_held_out(held, index, encoders, other, mfi=encoders.has_vit)
+    items = encode_held_out(held, index, encoders, other, yaw, mfi=encoders.has_vit)
     empty_text = encoders.encode_text([""])[0]  # (Lt, Dt)
     identities = {e.identity_ids[0] for e in index.entries}
     views = [int(i.enc.ref_present.sum()) for i in items]
     print(
         f"run {run}: {len(index)} usable samples of {len(identities)} main identities; {len(held)} identities have "
         f">= 2 samples with references from other clips: 1 clip each held out ({len(train_entries)} train), "
-        f"{sum(views)} other-clip reference views on the held-out clips ({', '.join(map(str, views))})\n"
+        f"{sum(views)} other-clip reference views on the held-out clips ({', '.join(map(str, views))}); median "
+        f"|yaw| of the target face {', '.join(f'{i.yaw:.0f}' for i in items)} deg: {sum(i.turned for i in items)} "
+        f"turned (>= {TURNED_DEG:g})\n"
         f"recipe {args.recipe} ({args.buckets} buckets, {data.views} views), preset {args.preset}"
         f"{f', init {args.init}' if args.init else ''}, {args.steps} steps x batch {args.batch_size}, "
         f"lr {train_config(args, 0).lr:g}; seeds {args.seeds}; {args.draws} fixed (noise, sigma) draws per "

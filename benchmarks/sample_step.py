@@ -7,8 +7,11 @@ Both models hold the same random weights (ours converted to the diffusers layout
 them), in eval mode under ``torch.no_grad`` and bf16 autocast (``--dtype fp32``: none), on the same seeded
 inputs: latents (default 21x60x104 on a GPU = 480p x 81 frames, 5x16x16 on CPU), ``--text-len`` umT5
 tokens. Rows: ``diffusers`` (the Wan transformer as diffusers' ``WanPipeline`` calls it, once per step and
-guidance branch), ``ours, no references`` (the same computation in our code: its output is compared with
-diffusers'), ``ours, references`` (``--identities`` x 5 view slots + MFI tokens, the HarmoView step).
+guidance branch), ``ours, no references, bf16 stream`` (the same computation in our code, residual stream in
+the compute dtype as diffusers keeps it: ``DiTConfig(fp32_residual=False)``; its output is compared with
+diffusers'), ``ours, no references, fp32 stream`` (our default, Wan's reference code: the hidden state between
+blocks in float32; in bf16 it differs from diffusers by bf16 rounding, in fp32 not at all), ``ours,
+references`` (``--identities`` x 5 view slots + MFI tokens, the HarmoView step, fp32 stream).
 Columns: median forward time after ``--warmup`` forwards, video tokens/s, peak memory (GPU), and the
 largest difference to diffusers' output relative to its largest value. No timing asserts: it prints one
 table (``benchmarks/gpu_check.sh`` runs it with the training step on one GPU).
@@ -77,13 +80,18 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|---|---|"
     )
 
-    def with_refs():
-        return ours(video, t, text, refs, vit)
+    def stream(fp32: bool, *inputs) -> torch.Tensor:
+        ours.config.fp32_residual = fp32  # a forward-time switch: the same weights either way
+        return ours(*inputs)
 
     rows = [
         ("diffusers WanTransformer3DModel", lambda: theirs(video, t, text).sample),
-        ("ours, no references", lambda: ours(video, t, text)),
-        (f"ours, references ({args.identities} x {len(VIEW_SLOTS)} views + MFI)", with_refs),
+        ("ours, no references, bf16 stream (as diffusers)", lambda: stream(False, video, t, text)),
+        ("ours, no references, fp32 stream (as Wan)", lambda: stream(True, video, t, text)),
+        (
+            f"ours, references ({args.identities} x {len(VIEW_SLOTS)} views + MFI)",
+            lambda: stream(True, video, t, text, refs, vit),
+        ),
     ]
     reference = None
     for name, run in rows:

@@ -138,6 +138,13 @@ class TimeSegments:
         return torch.cat([fn(part, i) for i, part in enumerate(x.split(self.lengths, dim=1))], dim=1)
 
 
+def compute_dtype(x: torch.Tensor, param: torch.Tensor) -> torch.dtype:
+    """The dtype sub-layers get their input in: the stream's, unless the stream is float32 and the parameters
+    are lower (a bf16 model with the fp32 residual stream). Under autocast on fp32 weights this is float32 and
+    autocast lowers each matmul itself; a bf16 stream (diffusers' way) is passed on unchanged."""
+    return param.dtype if x.dtype == torch.float32 else x.dtype
+
+
 class DiTBlock(nn.Module):
     """One Wan block: adaLN-modulated self-attention, text (+ image) cross-attention, GELU(tanh) FFN.
 
@@ -171,8 +178,11 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """x (B, L, D); time_mod: per segment (B, 1 or n, 6, D) float32; context (B, Lt, D). -> (B, L, D).
 
-        `isolation` (identity isolation on) splits self- and image attention into per-identity groups.
+        `isolation` (identity isolation on) splits self- and image attention into per-identity groups. The
+        output has x's dtype: a float32 stream (`DiTConfig.fp32_residual`) stays float32 while the sub-layers get
+        their input in the parameters' dtype (bf16 weights, or autocast's bf16 on fp32 weights).
         """
+        cdtype = compute_dtype(x, self.modulation)
         self_groups = image_groups = None
         if isolation is not None:
             self_groups = isolation.self_groups()
@@ -182,13 +192,13 @@ class DiTBlock(nn.Module):
         seg = time_mod.apply
         # vector order (Wan): 0 shift, 1 scale, 2 gate (attention); 3 shift, 4 scale, 5 gate (FFN)
         h = seg(self.norm1(x).float(), lambda p, i: p * (1 + mods[i][:, :, 1]) + mods[i][:, :, 0])  # (B, L, D)
-        y = self.self_attn(h.type_as(x), rope, self_groups).float()  # (B, L, D)
+        y = self.self_attn(h.to(cdtype), rope, self_groups).float()  # (B, L, D)
         x = (x.float() + seg(y, lambda p, i: p * mods[i][:, :, 2])).type_as(x)
 
-        x = x + self.cross_attn(self.norm3(x), context, image_context, image_mask, image_groups)  # no gate (Wan)
+        x = x + self.cross_attn(self.norm3(x).to(cdtype), context, image_context, image_mask, image_groups)  # no gate
 
         h = seg(self.norm2(x).float(), lambda p, i: p * (1 + mods[i][:, :, 4]) + mods[i][:, :, 3])  # (B, L, D)
-        y = self.ffn(h.type_as(x)).float()  # (B, L, D)
+        y = self.ffn(h.to(cdtype)).float()  # (B, L, D)
         return (x.float() + seg(y, lambda p, i: p * mods[i][:, :, 5])).type_as(x)  # (B, L, D)
 
 
@@ -206,4 +216,4 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), time_emb (B, 1 or L, D) float32. Returns (B, L, out_channels * prod(patch))."""
         shift, scale = (self.modulation.float()[None] + time_emb[:, :, None]).unbind(2)  # (B, 1 or L, D)
-        return self.head((self.norm(x).float() * (1 + scale) + shift).type_as(x))
+        return self.head((self.norm(x).float() * (1 + scale) + shift).to(compute_dtype(x, self.modulation)))

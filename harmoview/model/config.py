@@ -42,6 +42,11 @@ class DiTConfig:
     """LayerNorm (with affine) before the text cross-attention."""
     rope_theta: float = 10000.0
     """Base of the rotary frequencies."""
+    fp32_residual: bool = True
+    """Keep the hidden state between and across blocks (the residual stream) in float32 while the matmuls run in
+    the parameters' / autocast dtype, as Wan's reference code does (`x = x + y * e` under fp32 autocast): 30-40
+    bf16 additions of small block outputs would round most of them away. False keeps the stream in the compute
+    dtype like diffusers' WanTransformer3DModel (bit-comparable with it in bf16). Identical in float32."""
 
     # --- HarmoView ---------------------------------------------------------------------------------
     use_references: bool = True
@@ -50,8 +55,12 @@ class DiTConfig:
     """Build Multi-level Feature Injection (decoupled image cross-attention in every block)."""
     ref_latent_hw: tuple[int, int] = (32, 32)
     """Latent (h, w) of one reference crop; fixes the tokens per view slot and so the proxy group size."""
+    proxy_tokens: bool = True
+    """LPT: one learnable token group per view slot fills every absent slot. False (an ablation) fills an absent
+    slot with the patch embedding of an all-zero latent, the plain zero padding, which the model cannot learn to
+    set apart; pair it with num_sink_tokens=0 to switch all of LPT off."""
     num_sink_tokens: int = 4
-    """Always-present learnable sink tokens that absorb unmappable reference features."""
+    """Always-present learnable sink tokens that absorb unmappable reference features (0 = none)."""
     max_identities: int = 3
     """Largest number of identities per sample (size of the MFI identity embedding)."""
     jump_rope_gap: int = 16

@@ -38,6 +38,24 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1).float()
 
 
+@torch.no_grad()
+def init_parameter_(name: str, p: torch.Tensor, dim: int, *, zero_head: bool = True) -> None:
+    """Initialise parameter `name` in place, by Wan's scheme: Xavier-uniform linear/conv weights, N(0, 0.02)
+    embeddings, zero biases, a zero head. HarmoView's image gates start at zero so that a fresh model equals its
+    backbone. Also used on the full tensor of a sharded parameter, which every rank then slices."""
+    zero = name.endswith("gate_img") or name.endswith(".bias") or (zero_head and name == "head.head.weight")
+    if zero:
+        nn.init.zeros_(p)
+    elif name.endswith("modulation"):
+        nn.init.normal_(p, std=dim**-0.5)
+    elif p.ndim == 1:  # norm scales
+        nn.init.ones_(p)
+    elif name.startswith(("text_embedding.", "time_embedding.", "references.", "mfi.identity", "mfi.null")):
+        nn.init.normal_(p, std=0.02)
+    elif p.numel():
+        nn.init.xavier_uniform_(p.view(p.shape[0], -1))
+
+
 class HarmoViewDiT(nn.Module):
     """Wan2.x DiT; with `use_references`/`use_mfi` it also takes multi-view references of 1..3 people.
 
@@ -64,26 +82,14 @@ class HarmoViewDiT(nn.Module):
     def initialize_weights(self, names: Iterable[str] | None = None, *, zero_head: bool = True) -> None:
         """(Re)initialise all parameters, or only `names` (used after loading a checkpoint on meta).
 
-        Wan's scheme: Xavier-uniform linear/conv weights, N(0, 0.02) embeddings, zero biases, a zero
-        head. HarmoView's image gates start at zero so that a fresh model equals its backbone.
-        `zero_head=False` gives the head Xavier weights like every other linear: random weights that stand
-        in for a pretrained backbone (a zero head passes no gradient to anything when it is frozen).
+        Wan's scheme (`init_parameter_`). `zero_head=False` gives the head Xavier weights like every other
+        linear: random weights that stand in for a pretrained backbone (a zero head passes no gradient to
+        anything when it is frozen).
         """
         wanted = None if names is None else set(names)
         for name, p in self.named_parameters():
-            if wanted is not None and name not in wanted:
-                continue
-            zero = name.endswith("gate_img") or name.endswith(".bias") or (zero_head and name == "head.head.weight")
-            if zero:
-                nn.init.zeros_(p)
-            elif name.endswith("modulation"):
-                nn.init.normal_(p, std=self.config.dim**-0.5)
-            elif p.ndim == 1:  # norm scales
-                nn.init.ones_(p)
-            elif name.startswith(("text_embedding.", "time_embedding.", "references.", "mfi.identity", "mfi.null")):
-                nn.init.normal_(p, std=0.02)
-            else:
-                nn.init.xavier_uniform_(p.view(p.shape[0], -1))
+            if wanted is None or name in wanted:
+                init_parameter_(name, p, self.config.dim, zero_head=zero_head)
 
     # ----------------------------------------------------------------------------------------------
     def forward(
@@ -138,7 +144,9 @@ class HarmoViewDiT(nn.Module):
         if use_refs and c.isolate_identities:
             isolation = isolation_spans(c, references.num_identities, num_video)
 
-        # 5. Transformer blocks.
+        # 5. Transformer blocks; each keeps the dtype of the stream it is given (fp32 with `fp32_residual`).
+        if c.fp32_residual:
+            x = x.float()
         for block in self.blocks:
             x = block(x, time_mod, context, rope, isolation, image_context, image_mask)  # (B, L, D)
 

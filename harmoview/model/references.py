@@ -89,21 +89,29 @@ def reference_layout(config: DiTConfig, num_identities: int, num_video_frames: i
 
 
 class ReferenceTokens(nn.Module):
-    """Learnable Proxy Tokens: one token group per view slot for absent views, plus always-present sinks."""
+    """Learnable Proxy Tokens: one token group per view slot for absent views, plus always-present sinks.
+
+    With `proxy_tokens=False` (the LPT ablation) there are no proxy groups: an absent slot is a zero latent.
+    """
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
-        self.proxy_tokens = nn.Parameter(torch.randn(len(VIEW_SLOTS), config.tokens_per_view, config.dim) * 0.02)
+        shape = (len(VIEW_SLOTS), config.tokens_per_view, config.dim)
+        self.proxy_tokens = nn.Parameter(torch.randn(shape) * 0.02) if config.proxy_tokens else None
         self.sink_tokens = nn.Parameter(torch.randn(config.num_sink_tokens, config.dim) * 0.02)
 
     def forward(self, refs: References, patch_embedding: nn.Module) -> torch.Tensor:
         """Tokens of every slot of every identity, then the sinks. Returns (B, N*S*P + K, D)."""
         b, n, s, c, h, w = refs.latents.shape
-        frames = refs.latents.reshape(b * n * s, c, 1, h, w)  # each view is a one-frame video
+        latents = refs.latents
+        if self.proxy_tokens is None:  # zero padding: an absent view is an all-zero latent
+            latents = latents * refs.present[:, :, :, None, None, None].to(latents.dtype)
+        frames = latents.reshape(b * n * s, c, 1, h, w)  # each view is a one-frame video
         tokens = patch_embedding(frames).flatten(2).transpose(1, 2)  # (B*N*S, P, D)
         tokens = tokens.unflatten(0, (b, n, s))  # (B, N, S, P, D)
-        present = refs.present[:, :, :, None, None]  # (B, N, S, 1, 1)
-        tokens = torch.where(present, tokens, self.proxy_tokens.to(tokens.dtype))  # (B, N, S, P, D)
+        if self.proxy_tokens is not None:
+            present = refs.present[:, :, :, None, None]  # (B, N, S, 1, 1)
+            tokens = torch.where(present, tokens, self.proxy_tokens.to(tokens.dtype))  # (B, N, S, P, D)
         sinks = self.sink_tokens.to(tokens.dtype).expand(b, -1, -1)  # (B, K, D)
         return torch.cat([tokens.flatten(1, 3), sinks], dim=1)  # (B, N*S*P + K, D)
 

@@ -3,13 +3,15 @@
 Our parameter names are Wan's native ones. Diffusers names are mapped by a table of templates; the
 HarmoView modules have no Wan counterpart and keep our names in either layout. Every checkpoint key
 either lands in a parameter or is reported as unexpected; every parameter is either loaded or reported
-as missing (backbone) or new (HarmoView) - nothing is dropped silently.
+as missing (backbone) or new (HarmoView) - nothing is dropped silently. A checkpoint on disk is streamed
+(`harmoview.model.shards`): judged from its headers, then copied in one tensor at a time, converted to each
+parameter's dtype only there; an FSDP2-sharded model takes only its own rows (`load_sharded`).
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from harmoview.model.config import DiTConfig, get_config
-from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
+from harmoview.model.dit import HarmoViewDiT, init_parameter_, is_harmoview_param
+from harmoview.model.shards import CheckpointSource, TensorRef, first_line
 
 if TYPE_CHECKING:
     from harmoview.model.encoders import Encoders
@@ -50,8 +54,6 @@ _KEY_TEMPLATES: list[tuple[str, str]] = [
     for an, ad in _ATTN.items()
     for ln, ld in _ATTN_LINEARS.items()
 ]
-# Prefixes some Wan exports put in front of every key (ComfyUI, training wrappers).
-_STRIP_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -90,43 +92,10 @@ def detect_layout(keys: list[str]) -> str:
     raise ValueError("cannot tell the checkpoint layout: no Wan native or diffusers keys found")
 
 
-def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in _STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
-
-
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, a directory of (sharded) safetensors, or a .pt/.pth file."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no .safetensors files in {path}")
-    elif path.suffix == ".safetensors":
-        files = [path]
-    else:
-        try:
-            return _strip_prefix(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            raise ValueError(f"{path} is not a readable weights file ({_first_line(exc)})") from None
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    state[key] = f.get_tensor(key)
-        except (SafetensorError, RuntimeError, OSError) as exc:  # truncated, garbage, unreadable
-            raise ValueError(
-                f"{file} is not a readable safetensors file ({_first_line(exc)}): copy or export it again"
-            ) from None
-    return _strip_prefix(state)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """All tensors of a .safetensors file, a folder of (sharded) safetensors, or a .pt/.pth file, in their
+    stored dtype. Holds the whole checkpoint: loading a model streams it instead (`load_weights(model, path)`)."""
+    return {ref.key: ref.read() for ref in CheckpointSource.open(path).items()}
 
 
 EXPORT_ENCODERS_KEY = "harmoview_encoders"
@@ -143,7 +112,7 @@ def read_export_encoders(path: str | Path) -> dict | None:
             with safe_open(str(file), framework="pt") as f:
                 text = (f.metadata() or {}).get(EXPORT_ENCODERS_KEY)
         except (SafetensorError, RuntimeError, OSError) as exc:
-            raise ValueError(f"{file} is not a readable safetensors file ({_first_line(exc)})") from None
+            raise ValueError(f"{file} is not a readable safetensors file ({first_line(exc)})") from None
         if text:
             return json.loads(text)
     return None
@@ -182,42 +151,97 @@ class LoadReport:
 
 def load_weights(
     model: HarmoViewDiT,
-    state: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor] | CheckpointSource | str | Path,
     *,
     strict: bool = True,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> LoadReport:
-    """Load a native- or diffusers-layout state dict into `model` (which may live on the meta device).
+    """Load a native- or diffusers-layout checkpoint into `model` (which may live on the meta device).
 
-    Parameters still on meta afterwards (new HarmoView modules, missing keys when not strict) are
-    materialised on `device` and initialised. With `strict`, missing/unexpected/mismatched keys raise
-    before anything is changed.
+    `state`: a state dict, or a checkpoint path / `CheckpointSource`, streamed one tensor at a time in its
+    stored dtype and converted to the parameter's (`dtype` or its own) only as it is copied in. Parameters
+    sharded by FSDP2 (DTensors) receive only their local rows. Parameters still on meta afterwards (new
+    HarmoView modules, missing keys when not strict) are materialised on `device` and initialised. With
+    `strict`, missing/unexpected/mismatched keys raise before anything is changed (judged from the headers).
     """
-    state = _strip_prefix(state)
-    layout = detect_layout(list(state))
-    params = dict(model.named_parameters())
+    source = _source(state)
+    shapes = source.shapes()
+    layout = detect_layout(list(shapes))
+    real = plain_parameter_names(model)  # plain name -> name in the (possibly wrapped) model
+    params = {plain: model.get_parameter(name) for plain, name in real.items()}
     report = LoadReport(layout=layout)
-    converted: dict[str, torch.Tensor] = {}
-    for key, tensor in state.items():
+    targets: dict[str, str] = {}  # checkpoint key -> parameter name
+    for key, shape in shapes.items():
         name = key if layout == NATIVE else diffusers_to_native_key(key)
         if name is None or name not in params:
             report.unexpected.append(key)
-        elif tuple(tensor.shape) != tuple(params[name].shape):
-            report.mismatched.append(f"{key} {tuple(tensor.shape)} vs {tuple(params[name].shape)}")
+        elif shape != tuple(params[name].shape):
+            report.mismatched.append(f"{key} {shape} vs {tuple(params[name].shape)}")
         else:
-            converted[name] = tensor
+            targets[key] = name
+    loaded = set(targets.values())
     for name in params:
-        if name not in converted:
+        if name not in loaded:
             (report.new if is_harmoview_param(name) else report.missing).append(name)
-    report.loaded = sorted(converted)
+    report.loaded = sorted(loaded)
     if strict and not report.ok:
         raise ValueError("checkpoint does not match the model:\n" + report.summary())
 
-    for name, tensor in converted.items():
-        _set_parameter(model, name, tensor.to(device=device, dtype=dtype or params[name].dtype))
+    for ref in source.items():
+        if ref.key in targets:
+            _fill(model, real[targets[ref.key]], ref, device, dtype)
     _materialise_rest(model, device, dtype)
     return report
+
+
+# Wrapper modules that insert a name part (activation checkpointing, torch.compile, FSDP1, peft's LoRA layer).
+_WRAPPER_PARTS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module", "base_layer"})
+
+
+def plain_parameter_names(model: nn.Module) -> dict[str, str]:
+    """Plain name (the checkpoint's) -> parameter name, for every parameter but LoRA adapters (no checkpoint
+    has them: `load_sharded` initialises them)."""
+    return {
+        ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS): name
+        for name, _ in model.named_parameters()
+        if ".lora_" not in name
+    }
+
+
+def _source(state: dict[str, torch.Tensor] | str | Path | CheckpointSource) -> CheckpointSource:
+    """A dict or a path as a `CheckpointSource`; anything else is one already (its `shapes()` and `items()`)."""
+    if isinstance(state, dict):
+        return CheckpointSource(state=state)
+    return CheckpointSource.open(state) if isinstance(state, str | Path) else state
+
+
+def _fill(model: nn.Module, name: str, ref: TensorRef, device: torch.device | str, dtype: torch.dtype | None) -> None:
+    """Copy one stored tensor into parameter `name`, converted to its dtype; a DTensor gets its local rows."""
+    param = model.get_parameter(name)
+    if isinstance(param, DTensor):
+        local = param.to_local()
+        with torch.no_grad():
+            local.copy_(ref.read(local_rows(param)).to(local.dtype))
+        return
+    _set_parameter(model, name, ref.read().to(device=device, dtype=dtype or param.dtype))
+
+
+def local_rows(param: DTensor) -> slice | None:
+    """The rows of the full tensor that this rank's shard of `param` holds (FSDP2: Shard(0) on a 1-D mesh, chunks
+    as torch.chunk cuts them); None when it is replicated (every row)."""
+    (placement,) = param.placements
+    if placement.is_replicate():
+        return None
+    if not (placement.is_shard() and placement.dim == 0):
+        raise ValueError(f"cannot load into a parameter sharded as {param.placements}")
+    rows, world, rank = param.shape[0], param.device_mesh.size(), param.device_mesh.get_local_rank()
+    chunk = -(-rows // world)
+    start = min(rank * chunk, rows)
+    stop = min(start + chunk, rows)
+    if param.to_local().shape[0] != stop - start:
+        raise ValueError(f"unexpected shard of {tuple(param.shape)}: {param.to_local().shape[0]} rows on rank {rank}")
+    return slice(start, stop)
 
 
 def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -242,9 +266,45 @@ def _materialise_rest(model: HarmoViewDiT, device: torch.device | str, dtype: to
         model.initialize_weights(names)
 
 
+def load_sharded(model: HarmoViewDiT, checkpoint: str | Path | None, *, zero_head: bool = True) -> LoadReport | None:
+    """Fill an FSDP2-sharded model (after `to_empty`) from `checkpoint`, or randomly when None; on every rank.
+
+    Each rank streams the checkpoint and reads only its own rows of each tensor (no rank holds the state dict
+    or a full fp32 copy). Parameters the checkpoint lacks (new HarmoView modules, all of a random preset, LoRA
+    adapters) are initialised one full tensor at a time from rank 0's random state, broadcast first, so every
+    rank draws the same numbers and keeps its slice. LoRA adapters get peft's default init (A Kaiming-uniform
+    with a = sqrt(5), B zero). `zero_head=False`: a random preset's head gets Xavier weights too.
+    """
+    import torch.distributed as dist
+
+    report = load_weights(model, checkpoint, strict=True) if checkpoint is not None else None
+    loaded = set(report.loaded) if report else set()
+    if dist.is_initialized():  # the same draws on every rank
+        state = [torch.get_rng_state()]
+        dist.broadcast_object_list(state, src=0)
+        torch.set_rng_state(state[0])
+    plain = {name: p for p, name in plain_parameter_names(model).items()}
+    for name, param in model.named_parameters():
+        key = plain.get(name)
+        if key in loaded:
+            continue
+        full = torch.empty(param.shape, dtype=param.dtype)  # one parameter's full tensor, on the CPU
+        if key is None and ".lora_A." in name:
+            torch.nn.init.kaiming_uniform_(full, a=math.sqrt(5))
+        elif key is None:
+            torch.nn.init.zeros_(full)  # lora_B
+        else:
+            init_parameter_(key, full, model.config.dim, zero_head=zero_head)
+        local = param.to_local() if isinstance(param, DTensor) else param
+        rows = local_rows(param) if isinstance(param, DTensor) else None
+        with torch.no_grad():
+            local.copy_(full if rows is None else full[rows])
+    return report
+
+
 def build_model(
     config: DiTConfig,
-    checkpoint: str | Path | dict[str, torch.Tensor] | None = None,
+    checkpoint: str | Path | dict[str, torch.Tensor] | CheckpointSource | None = None,
     *,
     strict: bool = True,
     device: torch.device | str = "cpu",
@@ -252,7 +312,8 @@ def build_model(
 ) -> tuple[HarmoViewDiT, LoadReport | None]:
     """Build on the meta device and materialise only what is needed: loaded tensors plus new modules.
 
-    A 14B model never exists twice in memory (no random init that is then overwritten).
+    A 14B model never exists twice in memory (no random init that is then overwritten), and a checkpoint path
+    is streamed one tensor at a time (its state dict is never held whole).
     """
     with torch.device("meta"):
         model = HarmoViewDiT(config)
@@ -260,8 +321,7 @@ def build_model(
         model.to_empty(device=device).to(dtype)
         model.initialize_weights()
         return model, None
-    state = checkpoint if isinstance(checkpoint, dict) else read_state_dict(checkpoint)
-    report = load_weights(model, state, strict=strict, device=device, dtype=dtype)
+    report = load_weights(model, checkpoint, strict=strict, device=device, dtype=dtype)
     return model, report
 
 

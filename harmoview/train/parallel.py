@@ -114,14 +114,21 @@ def apply_fsdp(model: nn.Module, *, bf16: bool, device: torch.device) -> None:
     """Shard each block, then the root, over all ranks with FSDP2 (in place).
 
     Parameters, gradients and optimiser state are split across ranks; a block's full weights exist
-    only while it runs. With `bf16`, compute runs in bf16 and gradients are reduced in fp32.
+    only while it runs. With `bf16`, compute runs in bf16 and gradients are reduced in fp32. FSDP2 would also
+    cast every module's floating-point inputs to bf16; it is told not to: the trainer runs the model under bf16
+    autocast, which lowers each matmul itself, while a cast would round the timesteps at the root (999 -> 1000:
+    bf16 steps by 4 above 512) and, with `DiTConfig.fp32_residual`, turn the float32 stream into bf16 at every
+    block's entry.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    kwargs = {"mesh": mesh} | ({"mp_policy": policy} if policy else {})
+    kwargs = {"mesh": mesh}
+    if bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
     for block in model.blocks:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)

@@ -5,9 +5,9 @@ random weights with a random, not zero, head: see `load_initial_model`), adds Lo
 freezes what the stage does not train, and applies activation checkpointing and FSDP2 - functions applied
 to the unchanged model, never a patched forward.
 
-Under torchrun only rank 0 reads the checkpoint: the other ranks build the model on the meta device,
-every rank shards it, and rank 0's weights are broadcast into the shards. A 14B model then exists once
-per node in host memory, not once per GPU.
+Under torchrun every rank builds the model on the meta device and shards it, then streams the checkpoint
+into its own shards (`load_sharded`: one tensor at a time, only its rows, in the stored dtype until copied).
+No process holds the full state dict: a 14B model never exists whole in host memory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from harmoview.model.dit import HarmoViewDiT, is_harmoview_param
 from harmoview.model.encoders import Encoders
-from harmoview.model.weights import build_model, initial_config
+from harmoview.model.weights import build_model, initial_config, load_sharded
 from harmoview.train.parallel import Distributed, apply_activation_checkpointing, apply_fsdp
 
 # Backbone linears that LoRA adapts (Wan's attention projections and FFN); the HarmoView modules
@@ -98,23 +98,15 @@ def prepare_model(
         model = load_initial_model(init, preset, encoders)
         _adapt(model, trainable, lora_rank, lora_alpha, activation_checkpointing)
         return model.to(dist.device)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    full_state: dict[str, torch.Tensor] = {}
-    if dist.is_main:  # the only rank that reads the checkpoint
-        source = load_initial_model(init, preset, encoders)
-        if trainable == "lora":
-            add_lora(source, lora_rank, lora_alpha)  # rank 0's adapter init is the one every rank gets
-        full_state = source.state_dict()
-        del source
-    config, _ = initial_config(init, preset, encoders)
+    config, directory = initial_config(init, preset, encoders)
     with torch.device("meta"):
         model = HarmoViewDiT(config)
         _adapt(model, trainable, lora_rank, lora_alpha, activation_checkpointing)
     apply_fsdp(model, bf16=bf16, device=dist.device)
     model.to_empty(device=dist.device)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, full_state, options=options)
+    report = load_sharded(model, directory, zero_head=directory is not None)  # a random preset: random head
+    if dist.is_main and report is not None and report.new:
+        tqdm.write(f"initialised {len(report.new)} new HarmoView tensors (not in {directory})")
     return model
 
 

@@ -122,6 +122,22 @@ def test_proxy_tokens_take_absent_slots(tiny):
         torch.testing.assert_close(model(video, t, text, refs), base, atol=1e-6, rtol=0)
 
 
+def test_lpt_off_pads_absent_slots_with_zero_latents(tiny):
+    """The LPT ablation: no proxy or sink parameters, an absent slot is exactly a present all-zero latent."""
+    config = tiny.replace(proxy_tokens=False, num_sink_tokens=0)
+    model = pretrained_like(HarmoViewDiT(config))
+    assert not any("proxy_tokens" in n for n, _ in model.named_parameters())
+    assert model.references.sink_tokens.numel() == 0
+    video, t, text = video_inputs(config)
+    refs = make_references(config, [[[True, False, True, False, False]]] * 2)
+    with torch.no_grad():
+        refs.latents[:, :, 1] = 100.0  # ignored: the absent slot is zeroed
+        absent = model(video, t, text, refs)
+        refs.latents[:, :, 1], refs.present[:, :, 1] = 0.0, True
+        torch.testing.assert_close(model(video, t, text, refs), absent, atol=0, rtol=0)
+    assert absent.shape == video.shape and torch.isfinite(absent).all()
+
+
 def _reference_states(model: HarmoViewDiT, *inputs) -> torch.Tensor:
     """Hidden states of the whole sequence after the last block."""
     captured = {}
