@@ -468,7 +468,9 @@ def _chains(run: Path, tracks) -> dict[str, str]:
 
     cfg = json.loads((run / "run.json").read_text())["config"]
     clips = ds.dataset(run / "clips").to_table()
-    faces = ds.dataset(run / "faces").to_table(columns=["track_id", "t_s", "bbox"])
+    faces = ds.dataset(run / "faces").to_table(
+        columns=["track_id", "video_id", "frame_index", "t_s", "bbox", "det_score"]
+    )
     gates = Continuity(cfg["track_max_gap_s"], cfg["track_max_shift"], cfg["track_max_scale"], cfg["sample_fps"])
     codes = split_chains(tracks, faces, length_splits(clips), gates)
     ids = tracks.column("track_id").to_pylist()

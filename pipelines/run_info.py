@@ -165,7 +165,7 @@ class BuildSummary:
                 + "".join(f"; {n} not split ({why})" for why, n in lv.get("not_split", {}).items())
             )
             for path, v in lv.get("videos", {}).items():
-                first = f"first pass {v['first_pass_s']:.1f} s"
+                first = f"first pass {v['first_pass_s']:.1f} s in {v.get('first_pass_ranges', 1)} ranges"
                 lines.append(f"    {path}: {v['segments']} segments on {v['workers']} workers ({first})")
         if self.workers:
             busy = ", ".join(
@@ -216,6 +216,7 @@ def _long_videos(run: RunDir) -> dict:
             "segments": len(p["segments"]),
             "workers": len(done.get("workers", [])),
             "first_pass_s": round(float(p.get("seconds", 0.0)), 2),
+            "first_pass_ranges": int(p.get("ranges", 1)),
         }
     return {
         "split": len(split),

@@ -264,7 +264,8 @@ def _stream(cfg: BuildConfig, items: list[dict]) -> ray.data.Dataset:
         # (this dataset's context only).
         ds.context.target_max_block_size = 1
         # num_cpus=0: beside the workers, which hold the CPUs (a first pass is light next to them)
-        return ds.flat_map(plan_rows, fn_kwargs={"cfg": cfg}, num_cpus=0, concurrency=planner_concurrency(workers))
+        planner = {"fn_kwargs": {"cfg": cfg, "workers": workers}, "concurrency": planner_concurrency(workers)}
+        return ds.flat_map(plan_rows, num_cpus=0, **planner)
 
     # a plan item may become as many segments as there are workers, or more
     expected = sum(workers if r["segment"] == PLAN else 1 for r in items)

@@ -15,8 +15,11 @@ by track id) and independent of how the video was cut into work items:
    whole frames: 0.36 s at 3 fps in 25 fps footage) are joined when the tracker's own gates for one step
    hold - face-centre shift from the last box to the first <= ``track_max_shift`` face sizes, size ratio
    <= ``track_max_scale`` - and their embedded faces (when both have some) are not clearly two people
-   (set-to-set score >= the embedder's *veto*). A piece that ended earlier, or starts later, was ended or
-   started by the tracker, not by the split. No velocity: on crowd_walk a passer-by occluding the boy bent
+   (set-to-set score >= the embedder's *veto*), and neither face is a second box on a head another track
+   holds in that frame (:func:`datakit.passes.gates.second_boxes`: where the tracker restarts at the
+   split, YuNet's box on the red-haired man's hair on crowd_walk was nearer his last face than his own
+   face was). A piece that ended earlier, or starts later, was ended or started by the tracker, not by the
+   split. No velocity: on crowd_walk a passer-by occluding the boy bent
    his box's last step towards the man beside him, and the predicted box then matched the wrong face.
    Pairs are taken greedily by shift (ties by track id), one-to-one; joined pieces form a *chain*. Only
    boxes and times are used, never the per-video tracker's state, so a length split joins the same
@@ -67,6 +70,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datakit.passes.gates import second_boxes
 from datakit.passes.identities import cannot_link_pairs, embeddings_to_numpy
 
 __all__ = [
@@ -132,19 +136,21 @@ def length_splits(clips: pa.Table) -> dict[tuple[str, str], float]:
 
 
 def _ends(faces: pa.Table) -> dict[str, tuple]:
-    """Per track: (first t, first box, last t, last box)."""
-    t = faces.select(["track_id", "t_s", "bbox"])
+    """Per track: (first t, first box, last t, last box, whether the first / the last face is a second box).
+    ``faces`` has a ``second`` column (:func:`datakit.passes.gates.second_boxes` over all the faces)."""
+    t = faces.select(["track_id", "t_s", "bbox", "second"])
     order = pc.sort_indices(t, [("track_id", "ascending"), ("t_s", "ascending")])
     t = t.take(order)
     ids = t.column("track_id").to_pylist()
     ts = t.column("t_s").to_numpy()
+    second = t.column("second").to_numpy(zero_copy_only=False)
     box = np.asarray(t.column("bbox").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float64)
     box = box.reshape(-1, 4)
     out: dict[str, tuple] = {}
     start = 0
     for i in range(1, len(ids) + 1):
         if i == len(ids) or ids[i] != ids[start]:
-            out[ids[start]] = (ts[start], box[start], ts[i - 1], box[i - 1])
+            out[ids[start]] = (ts[start], box[start], ts[i - 1], box[i - 1], bool(second[start]), bool(second[i - 1]))
             start = i
     return out
 
@@ -167,6 +173,8 @@ def _join_cost(before: tuple, after: tuple, boundary_s: float, gates: Continuity
     step = 1.5 / gates.sample_fps  # one sampling step; the half step absorbs rounding to whole frames
     gap = after[0] - before[2]
     if not (before[2] < boundary_s <= after[0]) or gap > min(step, gates.max_gap_s + 1e-6):
+        return None
+    if before[5] or after[4]:  # a second box on someone's head (datakit.passes.gates) continues no one
         return None
     a, b = before[3], after[1]
     sa, sb = _size(a), _size(b)
@@ -198,7 +206,9 @@ def split_chains(
     parent = list(range(len(ids)))
     if splits:
         clip_of = tracks.column("clip_id").to_pylist()
-        ends = _ends(faces.filter(pc.is_in(faces.column("track_id"), value_set=pa.array(ids, pa.string()))))
+        # second boxes among all the faces given, so that joins over gated tracks are those over all tracks
+        marked = faces.append_column("second", pa.array(second_boxes(faces)))
+        ends = _ends(marked.filter(pc.is_in(marked.column("track_id"), value_set=pa.array(ids, pa.string()))))
         by_clip: dict[str, list[int]] = {}
         for i, clip in enumerate(clip_of):
             if ids[i] in ends:

@@ -1,9 +1,12 @@
 """Long videos in parallel: a cheap first pass finds the clips, then segments of whole clips are work items.
 
-First pass (:func:`first_pass`): one sequential decode with PyAV's threads on, every frame scored for
-shots on a ``SCORE_WIDTH`` thumbnail only (no full-size conversion) by the :class:`ClipCutter` an unsplit
-run uses. It keeps the clips, the frames where a new clip started (where an unsplit run cuts its tracker,
-restarts sampling and motion: reported cuts and length splits) and every frame's pts, nothing else.
+First pass (:func:`first_pass`): every frame scored for shots on a ``SCORE_WIDTH`` thumbnail only (no
+full-size conversion), in one sequential decode or in ranges of equal duration decoded in parallel
+(:func:`scan_range`: each from the keyframe before it, its first frame scored against the frame before
+it); the scores then go in frame order through the :class:`ClipCutter` an unsplit run uses, so the cuts
+at range edges are the sequential ones. It keeps the clips, the frames where a new clip started (where an
+unsplit run cuts its tracker, restarts sampling and motion: reported cuts and length splits) and every
+frame's pts, nothing else.
 
 Segments (:func:`plan_segments`): consecutive whole clips of about ``segment_s``; a segment starts only
 at a clip start where the unsplit run restarts everything (a length split, or a cut reported on its own
@@ -24,7 +27,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +36,7 @@ import av
 import numpy as np
 
 from datakit.video.decode import DecodeStats, Frame, ProbeInfo, Scalers, VideoError, iter_frames
-from datakit.video.shots import SCORE_WIDTH, ClipCutter, Segment
+from datakit.video.shots import SCORE_WIDTH, ClipCutter, Segment, ShotDetector
 
 
 @dataclass(slots=True)
@@ -61,6 +64,7 @@ class Plan:
     pts: list[int] = field(default_factory=list)  # pts of every frame, in sequential decode order
     segments: list[list[int]] = field(default_factory=list)  # SegmentSpec fields per segment
     seconds: float = 0.0
+    ranges: int = 1  # how many ranges the first pass was run in
     videos_row: dict = field(default_factory=dict)  # the probe's columns of the video's ``videos`` row
 
     def segment(self, no: int) -> SegmentSpec:
@@ -91,31 +95,128 @@ class Plan:
         return cls(**data)
 
 
-def first_pass(path: str | Path, video_id: str, info: ProbeInfo, cfg) -> Plan:
-    """Decode sequentially (threads on), score shots on thumbnails, plan the segments."""
+@dataclass(slots=True)
+class RangeScan:
+    """The first pass over one range of a video: the frames with ``lo <= pts < hi`` (None: from the start,
+    to the end), each with its pts, time and shot score."""
+
+    lo: int | None
+    hi: int | None
+    pts: list[int] = field(default_factory=list)
+    t_s: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    before: int | None = None  # pts of the frame decoded just before the range: its first score's reference
+    problem: str = ""  # why the range cannot be trusted (a decode error, frames without pts)
+    seconds: float = 0.0
+
+
+def scan_range(path: str | Path, fps: float, lo: int | None, hi: int | None, threads: int = 1) -> RangeScan:
+    """Decode one range of frames and score each for shots against the frame before it (which is decoded
+    too: seek to the keyframe before ``lo - 1``). ``threads``: decoder threads (0: FFmpeg's choice)."""
     t0 = time.perf_counter()
+    out = RangeScan(lo, hi)
+    shots = ShotDetector(fps)  # its score only: a function of a frame and the one scored before it
     stats = DecodeStats()
-    cutter = ClipCutter.from_config(info.fps, cfg)
-    pts: list[int] = []
-    missing_pts = False
-    for item in iter_frames(path, info.fps, stats, threads=0, thread_type="AUTO"):
+    if lo is None:
+        frames = iter_frames(path, fps, stats, threads=threads, thread_type="AUTO" if threads == 0 else "SLICE")
+    else:
+        frames = _seek_frames(path, fps, stats, lo - 1)
+    for item in frames:
         p = item._frame.pts
         if p is None:
-            missing_pts = True
-            p = -1
-        pts.append(int(p))
-        cutter.push(item.index, item.t_s, item.thumbnail_bgr(SCORE_WIDTH))
-    plan = Plan(video_id, False, num_frames=stats.num_frames, fps=info.fps, duration_s=info.duration_s)
-    plan.seconds = time.perf_counter() - t0
-    reason = _unsafe(stats, pts, missing_pts)
+            out.problem = "frames without pts"
+            break
+        if hi is not None and p >= hi:
+            break
+        score = shots.score(item.index, item.thumbnail_bgr(SCORE_WIDTH))
+        if lo is not None and p < lo:  # decoded for the score of the range's first frame only
+            out.before = int(p)
+            continue
+        out.pts.append(int(p))
+        out.t_s.append(item.t_s)
+        out.scores.append(score)
+    if stats.error is not None or stats.num_bad_packets:
+        out.problem = f"first pass decode error: {stats.error.message if stats.error else 'bad packets'}"
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _seek_frames(path, fps: float, stats: DecodeStats, target: int) -> Iterator[Frame]:
+    """Frames from the keyframe at or before pts ``target``, in presentation order (``index`` is not the
+    sequential one: ranges are numbered when they are put together)."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        stats.error = VideoError("decode", type(exc).__name__, str(exc))
+        return
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type, stream.thread_count = "SLICE", 1
+        time_base = stream.time_base or Fraction(1, 1)
+        start_pts = stream.start_time or 0
+        scalers = Scalers()
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else 0.0
+                    stats.num_frames += 1
+                    yield Frame(0, t_s, frame, scalers)
+        except av.error.FFmpegError as exc:
+            stats.error = VideoError("decode", type(exc).__name__, str(exc))
+
+
+def range_bounds(path: str | Path, duration_s: float | None, ranges: int) -> list[tuple[int | None, int | None]]:
+    """``ranges`` consecutive pts ranges of equal duration covering the video (one when it has no duration)."""
+    if ranges <= 1 or not duration_s:
+        return [(None, None)]
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1)
+        start = stream.start_time or 0
+    cuts = [start + round(k * duration_s / ranges / time_base) for k in range(1, ranges)]
+    return list(itertools.pairwise([None, *cuts, None]))
+
+
+def _sequential_map(fn: Callable, args: list[tuple]) -> list:
+    return [fn(*a) for a in args]
+
+
+def first_pass(
+    path: str | Path, video_id: str, info: ProbeInfo, cfg, *, ranges: int = 1, run: Callable = _sequential_map
+) -> Plan:
+    """Score every frame for shots, cut the clips as an unsplit run does, plan the segments.
+
+    ``ranges`` > 1: the video is scored in that many ranges of equal duration by ``run(scan_range, args)``
+    (pipelines.long_videos runs them as Ray tasks on idle CPUs), each range from the frame before its
+    first; the scores are then fed in frame order to the unsplit run's :class:`ClipCutter`, so the plan is
+    the one a single sequential pass makes. Ranges that do not join (a seek that lands elsewhere than the
+    frame before a range) are redone as one sequential pass."""
+    t0 = time.perf_counter()
+    bounds = range_bounds(path, info.duration_s, ranges)
+    threads = 0 if len(bounds) == 1 else 1  # one range: FFmpeg's threads; several: one thread each
+    parts = run(scan_range, [(str(path), info.fps, lo, hi, threads) for lo, hi in bounds])
+    if not _joined(parts):
+        parts = [scan_range(path, info.fps, None, None, 0)]
+    pts = [p for part in parts for p in part.pts]
+    plan = Plan(video_id, False, num_frames=len(pts), fps=info.fps, duration_s=info.duration_s)
+    plan.ranges = len(parts)
+    reason = next((part.problem for part in parts if part.problem), "") or _unsafe(pts)
     if reason:
         plan.reason = reason
+        plan.seconds = time.perf_counter() - t0
         return plan
+    cutter = ClipCutter.from_config(info.fps, cfg)
+    t_s = (t for part in parts for t in part.t_s)
+    scores = (x for part in parts for x in part.scores)
+    for index, (t, score) in enumerate(zip(t_s, scores, strict=True)):
+        cutter.push_score(index, t, score)
     clips = cutter.clips()
     plan.clips = [[c.start_frame, c.end_frame, c.start_s, c.end_s, c.shot] for c in clips]
     plan.restarts, plan.pts = cutter.restarts, pts
     specs = plan_segments(clips, set(cutter.restarts), cfg.segment_s)
     plan.segments = [[s.start_frame, s.end_frame, s.clip_lo, s.clip_hi] for s in specs]
+    plan.seconds = time.perf_counter() - t0
     if len(specs) < 2:
         plan.reason = "one segment only (shorter than two segments)"
         return plan
@@ -123,13 +224,14 @@ def first_pass(path: str | Path, video_id: str, info: ProbeInfo, cfg) -> Plan:
     return plan
 
 
-def _unsafe(stats: DecodeStats, pts: list[int], missing: bool) -> str:
-    if stats.error is not None or stats.num_bad_packets:
-        return f"first pass decode error: {stats.error.message if stats.error else 'bad packets'}"
+def _joined(parts: list[RangeScan]) -> bool:
+    """Whether every range was scored from the last frame of the range before it."""
+    return all(b.before is not None and a.pts and b.before == a.pts[-1] for a, b in itertools.pairwise(parts))
+
+
+def _unsafe(pts: list[int]) -> str:
     if not pts:
         return "no frame decoded"
-    if missing:
-        return "frames without pts"
     deltas = [b - a for a, b in itertools.pairwise(pts)]
     if any(d <= 0 for d in deltas):
         return "non-monotonic pts"

@@ -52,15 +52,30 @@ class ShotDetector:
 
     def push(self, index: int, t_s: float, frame_bgr: np.ndarray) -> bool:
         """Score one frame (ideally already ``SCORE_WIDTH`` wide); True when a new shot starts at it."""
+        return self.decide(index, t_s, self.score(index, frame_bgr))
+
+    def score(self, index: int, frame_bgr: np.ndarray) -> float:
+        """PySceneDetect's content score of a frame against the frame scored before it (0.0 for the first).
+
+        A function of the two frames only, so ranges of a video can be scored apart, each from the frame
+        before its first (datakit.video.segments), and :meth:`decide` then run over the scores in order."""
         h, w = frame_bgr.shape[:2]
         small = frame_bgr
         if w > SCORE_WIDTH:
             small = cv2.resize(
                 frame_bgr, (SCORE_WIDTH, max(1, round(h * SCORE_WIDTH / w))), interpolation=cv2.INTER_AREA
             )
+        return self._detector._calculate_frame_score(FrameTimecode(index, fps=self.fps), small)
+
+    def decide(self, index: int, t_s: float, score: float) -> bool:
+        """Feed one frame's score, in frame order; True when a new shot starts at it. What
+        ``ContentDetector.process_frame`` does after scoring: its flash filter (``min_shot_s``) on the
+        threshold."""
         self._times[index] = t_s
         self._last_index, self._last_t = index, t_s
-        found = self._detector.process_frame(FrameTimecode(index, fps=self.fps), small)
+        found = self._detector._flash_filter.filter(
+            timecode=FrameTimecode(index, fps=self.fps), above_threshold=score >= self._detector._threshold
+        )
         self._cuts.extend(int(tc.frame_num) for tc in found)
         return bool(found)
 
@@ -106,8 +121,12 @@ class ClipCutter:
 
     def push(self, index: int, t_s: float, frame_bgr: np.ndarray) -> bool:
         """Score one frame; True when a new clip starts at it (a cut reported on it, or a length split)."""
+        return self.push_score(index, t_s, self.shots.score(index, frame_bgr))
+
+    def push_score(self, index: int, t_s: float, score: float) -> bool:
+        """:meth:`push` for a frame already scored (:meth:`ShotDetector.score`)."""
         first = self.shots._last_index < 0
-        cut = self.shots.push(index, t_s, frame_bgr)
+        cut = self.shots.decide(index, t_s, score)
         if first or cut:
             start_t = self.shots._times[self.shots.last_cut] if cut else t_s
             self._schedule(start_t, t_s)

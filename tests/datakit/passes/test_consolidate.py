@@ -62,15 +62,19 @@ def test_no_split_when_shots_fit_and_row_order_does_not_matter():
     assert length_splits(table.take([2, 0, 1])) == length_splits(table)
 
 
-def faces_table(rows: list[tuple[str, float, tuple[float, float, float]]]) -> pa.Table:
-    """Faces ``(track_id, t_s, (centre x, centre y, size))`` as the pass reads them (square boxes)."""
+def faces_table(rows: list[tuple], scores: list[float] | None = None) -> pa.Table:
+    """Faces ``(track_id, t_s, (centre x, centre y, size))`` as the pass reads them (square boxes, one video
+    at 25 fps); ``scores``: their detector scores (all 0.9 by default)."""
     return pa.table(
         {
             "track_id": [r[0] for r in rows],
+            "video_id": ["v"] * len(rows),
+            "frame_index": [round(r[1] * FPS) for r in rows],
             "t_s": [r[1] for r in rows],
             "bbox": pa.array(
                 [[x - s / 2, y - s / 2, x + s / 2, y + s / 2] for _, _, (x, y, s) in rows], pa.list_(pa.float32(), 4)
             ),
+            "det_score": scores or [0.9] * len(rows),
         }
     )
 
@@ -201,3 +205,26 @@ def test_unscored_pairs_are_no_evidence():
 def test_fragments_are_few_face_chains():
     assert fragment_chains(np.array([1, 2, 3, 12]), 3).tolist() == [True, True, False, False]
     assert not fragment_chains(np.array([1, 2]), 0).any()
+
+
+def test_a_second_box_on_a_head_continues_no_one_across_a_split():
+    """crowd_walk at max_clip_s 1.0, the red-haired man at the split at 2.0 s: the tracker restarts there and
+    YuNet gives his hair a box (0.69) nearer his last face (frame 43) than his own face's box (0.90) is."""
+    rows = [
+        ("v_c0001_t02", 1.72, [602, 606, 683, 701], 0.88),
+        ("v_c0002_t01", 2.0, [564, 641, 645, 736], 0.90),  # his face
+        ("v_c0002_t02", 2.0, [595, 576, 659, 656], 0.69),  # on his hair
+    ]
+    faces = pa.table(
+        {
+            "track_id": [r[0] for r in rows],
+            "video_id": ["v"] * 3,
+            "frame_index": [43, 50, 50],
+            "t_s": [r[1] for r in rows],
+            "bbox": pa.array([r[2] for r in rows], pa.list_(pa.float32(), 4)),
+            "det_score": [r[3] for r in rows],
+        }
+    )
+    tracks = tracks_table([r[0] for r in rows])
+    split = {("v_c0001", "v_c0002"): 2.0}
+    assert split_chains(tracks, faces, split, Continuity()) == [0, 0, 2]

@@ -188,7 +188,12 @@ def test_a_long_single_shot_splits_over_every_worker_with_the_tables_of_an_unspl
     assert segments >= 3
     # the summary says how many segments ran on how many workers
     assert two["long_videos"]["videos"] == {
-        "interview.mp4": {"segments": segments, "workers": 2, "first_pass_s": pytest.approx(plan["seconds"], abs=0.01)}
+        "interview.mp4": {
+            "segments": segments,
+            "workers": 2,
+            "first_pass_s": pytest.approx(plan["seconds"], abs=0.01),
+            "first_pass_ranges": 2,  # the first pass itself ran over both CPUs
+        }
     }
     workers = two["workers"]
     assert len(workers) == 2 and all("max_idle_s" in w for w in workers.values())
@@ -206,6 +211,26 @@ def test_a_long_single_shot_splits_over_every_worker_with_the_tables_of_an_unspl
     want = _tables(tmp_path / "whole")
     _assert_same(_tables(tmp_path / "w2"), want)
     _assert_same(_tables(tmp_path / "w1"), want)
+
+
+@pytest.mark.parametrize("which", ["cuts", "single_shot"])
+def test_a_first_pass_in_ranges_plans_exactly_as_one_sequential_pass(which, long_src, single_shot_src):
+    """Ranges decoded apart (each from the keyframe before it, B-frames, a keyframe every 2 s; the remuxed
+    loop keeps the source's keyframes) give the clips, restarts and pts of one sequential pass."""
+    from datakit.config import BuildConfig
+    from datakit.video.decode import probe
+    from datakit.video.segments import first_pass
+
+    path = long_src / "long.mp4" if which == "cuts" else single_shot_src / "interview.mp4"
+    cfg = BuildConfig(src=path.parent, out=path.parent / "run", max_clip_s=4.0, segment_min_s=1.0, segment_s=10.0)
+    info = probe(path)
+    one = first_pass(path, "v_test", info, cfg)
+    assert one.split and one.ranges == 1
+    for ranges in (2, 5):
+        parts = first_pass(path, "v_test", info, cfg, ranges=ranges)
+        assert parts.ranges == ranges
+        for name in ("clips", "restarts", "pts", "segments", "num_frames", "split"):
+            assert getattr(parts, name) == getattr(one, name), (ranges, name)
 
 
 def test_a_video_with_variable_frame_rate_is_not_split(tmp_path):
