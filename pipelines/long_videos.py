@@ -106,12 +106,12 @@ def _first_pass(path: str, video_id: str, cfg: BuildConfig, workers: int) -> Pla
 
 
 def _ray_map(fn, args: list[tuple]) -> list:
-    """``fn`` over ``args`` as Ray tasks, results in order. num_cpus=0: the workers hold the CPUs for the
-    whole stage; a range runs beside them (on CPUs they leave idle while they wait for this plan)."""
-    if len(args) == 1:
-        return [fn(*args[0])]
+    """``fn`` over ``args``, results in order: the first in this task, the others as Ray tasks (a fresh
+    worker process costs ~1 s of imports). num_cpus=0: the workers hold the CPUs for the whole stage; a
+    range runs beside them (on CPUs they leave idle while they wait for this plan)."""
     task = ray.remote(num_cpus=0)(fn)
-    return ray.get([task.remote(*a) for a in args])
+    others = [task.remote(*a) for a in args[1:]]
+    return [fn(*args[0]), *ray.get(others)]
 
 
 def finish_split_video(run: RunDir, src: SourceFile, plan: Plan) -> dict:

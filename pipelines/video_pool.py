@@ -200,8 +200,8 @@ def run_videos(
     workers_busy: dict | None = None,
 ) -> dict:
     """Run the per-video stage on the videos (and long videos' segments) still to do; returns the stage
-    seconds summed over items. ``workers_busy`` collects, per worker process, its busy seconds, items and
-    videos."""
+    seconds summed over items. ``workers_busy`` collects, per worker process, its busy seconds, items,
+    videos and longest wait for work (``max_idle_s``, between the stage's first item start and last end)."""
     timings: dict[str, float] = {}
     if not todo:
         return timings

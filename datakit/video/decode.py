@@ -160,8 +160,12 @@ def iter_frames(
     max_bad_packets: int = 25,
     threads: int = 1,
     thread_type: str = "SLICE",
+    seek_pts: int | None = None,
 ) -> Iterator[Frame]:
-    """Yield every decodable frame, in order; ``t_s`` is the presentation time, else index / fps."""
+    """Yield every decodable frame, in order; ``t_s`` is the presentation time, else index / fps.
+
+    ``seek_pts``: start at the keyframe at or before this pts instead (``index`` then counts from there, not
+    from the start of the file: datakit.video.segments numbers such frames itself)."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -179,6 +183,8 @@ def iter_frames(
         bad_in_row = 0
         scalers = Scalers()
         try:
+            if seek_pts is not None:
+                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
             for packet in container.demux(stream):
                 try:
                     frames = packet.decode()

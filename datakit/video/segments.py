@@ -117,10 +117,9 @@ def scan_range(path: str | Path, fps: float, lo: int | None, hi: int | None, thr
     out = RangeScan(lo, hi)
     shots = ShotDetector(fps)  # its score only: a function of a frame and the one scored before it
     stats = DecodeStats()
-    if lo is None:
-        frames = iter_frames(path, fps, stats, threads=threads, thread_type="AUTO" if threads == 0 else "SLICE")
-    else:
-        frames = _seek_frames(path, fps, stats, lo - 1)
+    seek = None if lo is None else lo - 1
+    kind = "AUTO" if threads == 0 else "SLICE"
+    frames = iter_frames(path, fps, stats, threads=threads, thread_type=kind, seek_pts=seek)
     for item in frames:
         p = item._frame.pts
         if p is None:
@@ -139,31 +138,6 @@ def scan_range(path: str | Path, fps: float, lo: int | None, hi: int | None, thr
         out.problem = f"first pass decode error: {stats.error.message if stats.error else 'bad packets'}"
     out.seconds = time.perf_counter() - t0
     return out
-
-
-def _seek_frames(path, fps: float, stats: DecodeStats, target: int) -> Iterator[Frame]:
-    """Frames from the keyframe at or before pts ``target``, in presentation order (``index`` is not the
-    sequential one: ranges are numbered when they are put together)."""
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        stats.error = VideoError("decode", type(exc).__name__, str(exc))
-        return
-    with container:
-        stream = container.streams.video[0]
-        stream.thread_type, stream.thread_count = "SLICE", 1
-        time_base = stream.time_base or Fraction(1, 1)
-        start_pts = stream.start_time or 0
-        scalers = Scalers()
-        try:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    t_s = float((frame.pts - start_pts) * time_base) if frame.pts is not None else 0.0
-                    stats.num_frames += 1
-                    yield Frame(0, t_s, frame, scalers)
-        except av.error.FFmpegError as exc:
-            stats.error = VideoError("decode", type(exc).__name__, str(exc))
 
 
 def range_bounds(path: str | Path, duration_s: float | None, ranges: int) -> list[tuple[int | None, int | None]]:
