@@ -89,10 +89,19 @@ class Plan:
 
     @classmethod
     def load(cls, path: Path, *, with_pts: bool = True) -> Plan:
-        data = json.loads(path.read_text())
-        pts_file = path.with_suffix(".pts.npy")
-        data["pts"] = np.load(pts_file).tolist() if with_pts and pts_file.exists() else []
-        return cls(**data)
+        """A stored plan. The run folder is untrusted input: a file that is not a plan datakit wrote is a
+        ValueError naming it (the pts map is read without pickle)."""
+        try:
+            data = json.loads(path.read_text())
+            pts_file = path.with_suffix(".pts.npy")
+            data["pts"] = np.load(pts_file, allow_pickle=False).tolist() if with_pts and pts_file.exists() else []
+            plan = cls(**data)
+            shapes = [(plan.clips, 5), (plan.segments, 4)]
+            if not all(isinstance(r, list) and len(r) == n for rows, n in shapes for r in rows):
+                raise ValueError("clips or segments of the wrong shape")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path} is not a plan datakit wrote ({exc}); rerun with --overwrite") from exc
+        return plan
 
 
 @dataclass(slots=True)

@@ -88,3 +88,21 @@ def test_without_max_clip_s_the_clips_are_the_shots():
     clips = cutter.clips()
     assert [(c.start_frame, c.end_frame, c.shot) for c in clips] == [(0, 60, 0), (60, 100, 1)]
     assert cutter.splits == [] and cutter.restarts == [60]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[1, 2]",
+        '{"video_id": "v", "split": true, "surprise": 1}',
+        '{"video_id": "v", "split": true, "segments": [[0, 1]]}',
+    ],
+)
+def test_a_tampered_plan_file_is_one_clear_error(tmp_path, content):
+    from datakit.video.segments import Plan
+
+    path = tmp_path / "v.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="is not a plan datakit wrote"):
+        Plan.load(path)
