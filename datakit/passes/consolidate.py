@@ -430,9 +430,11 @@ def consolidate(
     veto_below: float = -np.inf,
     top_k: int = 0,
     min_faces: int = 3,
+    chains: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``tracks``: a group code (equal codes = one person within a video) and whether the track
-    is a fragment to drop. ``faces``: their faces with embeddings; ``clips``: the clips of their videos."""
+    is a fragment to drop. ``faces``: their faces with embeddings; ``clips``: the clips of their videos.
+    ``chains``: step 1 already made (:func:`continuity_chains`, track id -> chain id), else it is made here."""
     n = tracks.num_rows
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
@@ -440,10 +442,12 @@ def consolidate(
     t = tracks.take(pa.array(by_id))  # track_id order: nothing depends on the input row order
     ids = t.column("track_id").to_pylist()
     sets_per_track = _face_sets(ids, faces, dim)
-    splits = length_splits(clips)
-    shots = shots_of_clips(clips)
-    chain = np.array(split_chains(t, faces, splits, gates, sets_per_track, veto_below, top_k, shots), np.int64)
-    heads, chain_of = np.unique(chain, return_inverse=True)
+    if chains is None:
+        shots = shots_of_clips(clips)
+        chain = split_chains(t, faces, length_splits(clips), gates, sets_per_track, veto_below, top_k, shots)
+    else:
+        chain = [chains[i] for i in ids]
+    heads, chain_of = np.unique(np.asarray(chain, object), return_inverse=True)
     m = len(heads)
     sets = [np.concatenate([sets_per_track[i] for i in np.flatnonzero(chain_of == c)]) for c in range(m)]
     nfaces = np.bincount(chain_of, t.column("num_faces").to_numpy().astype(np.float64), m)
@@ -476,11 +480,12 @@ def consolidate(
 
 
 def consolidate_passed(
-    tracks: pa.Table, faces: pa.Table, clips: pa.Table, cfg, embedder
+    tracks: pa.Table, faces: pa.Table, clips: pa.Table, cfg, embedder, chains: dict[str, str] | None = None
 ) -> tuple[pa.Table, np.ndarray]:
     """The build's step: :func:`consolidate` the tracks that passed the gates (``drop_reason`` null) with
     the settings of ``cfg`` (a BuildConfig) and ``embedder``'s calibrated threshold. Returns ``tracks``
-    with ``drop_reason = "fragment"`` set on dropped fragments, and a group code per row (-1: dropped)."""
+    with ``drop_reason = "fragment"`` set on dropped fragments, and a group code per row (-1: dropped).
+    ``chains``: the gates' :func:`continuity_chains` (whole chains pass, so they are the passed tracks')."""
     passed = np.asarray(pc.is_null(tracks.column("drop_reason")).to_numpy(zero_copy_only=False), bool)
     groups = np.full(tracks.num_rows, -1, np.int64)
     threshold, veto, gates = _settings(cfg, embedder)
@@ -494,6 +499,7 @@ def consolidate_passed(
         veto_below=float(veto),
         top_k=cfg.consolidate_top_k,
         min_faces=cfg.fragment_min_faces,
+        chains=chains,
     )
     rows = np.flatnonzero(passed)
     groups[rows] = np.where(fragment, -1, codes)

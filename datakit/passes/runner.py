@@ -108,13 +108,14 @@ def identity_pass(run: RunDir, cfg: BuildConfig, stack: FaceStack, clips: pa.Tab
     t = time.perf_counter()
     gates = GateThresholds.resolve(cfg, stack.detector)
     # Gates judge whole appearances: pieces joined across length splits pass or fail together.
-    tracks = apply_gates(tracks, faces, gates, continuity_chains(tracks, faces, clips, cfg, stack.embedder))
+    chains = continuity_chains(tracks, faces, clips, cfg, stack.embedder)
+    tracks = apply_gates(tracks, faces, gates, chains)
     seconds["gates"] = time.perf_counter() - t
 
     t = time.perf_counter()
     # Within each video first: pieces joined across length splits, then one person's chains by set-to-set
     # similarity; fragments that join nothing are dropped (datakit.passes.consolidate).
-    tracks, groups = consolidate_passed(tracks, faces, clips, cfg, stack.embedder)
+    tracks, groups = consolidate_passed(tracks, faces, clips, cfg, stack.embedder, chains)
     passed = pc.is_null(tracks.column("drop_reason"))
     seconds["consolidate"] = time.perf_counter() - t
 
